@@ -1,0 +1,160 @@
+"""Experiment configuration: nested dataclasses, strict YAML loading and `--set a.b=c` overrides (nanoGPT style)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import VaelabError
+
+
+@dataclass
+class DataConfig:
+    source: str = "mnist"          # "mnist", "digits", a .npz file or a folder of MNIST IDX files
+    binarize: str = "dynamic"      # dynamic (fresh draw each epoch) | static (one seeded draw) | threshold | none
+    eval_seed: int = 1234          # seed of the fixed binarization of valid/test used for every evaluation
+
+
+@dataclass
+class ModelConfig:
+    latent: str = "gaussian"       # a name in LATENTS: gaussian | bernoulli | deterministic | ...
+    latent_dim: int = 20
+    nets: str = "mlp"              # a name in NETS
+    hidden: list[int] = field(default_factory=lambda: [512, 256])  # encoder sizes; the decoder mirrors them
+    activation: str = "relu"
+    decoder_bias: str = "zero"     # zero | data_mean (output bias = logit of the mean training image)
+    latent_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {prior_probs: 0.5, learn_prior: true}
+
+
+@dataclass
+class EstimatorConfig:
+    name: str = "reparam"          # a name in ESTIMATORS
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    grad_clip: float | None = None
+    steps_per_epoch: int | None = None   # cap the steps of each epoch (smoke tests); None = whole epoch
+
+
+@dataclass
+class EvalConfig:
+    iw_samples: int = 5000         # K of the importance-weighted log-likelihood
+    batch_size: int = 500          # test images per evaluation batch
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    literature: dict[str, Any] = field(default_factory=dict)  # published figure this preset is compared with
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` if it fits the annotation `tp` (ints pass as floats), else raise a VaelabError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _check_type(value, arm, where)
+            except VaelabError:
+                pass
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif origin is list and isinstance(value, list | tuple):
+        (arm,) = typing.get_args(tp)
+        return [_check_type(v, arm, where) for v in value]
+    elif origin is dict and isinstance(value, dict):
+        return dict(value)
+    elif isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise VaelabError(f"config key {where} = {value!r} is not a {getattr(tp, '__name__', tp)}: fix the value")
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, refusing unknown keys with a "did you mean" hint."""
+    if not isinstance(values, dict):
+        raise VaelabError(f"config section {prefix or 'root'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {prefix}{close[0]}? " if close else ""
+            raise VaelabError(f"unknown config key {where!r}: {hint}valid keys here: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{where}.")
+        else:
+            kwargs[key] = _check_type(value, tp, where)
+    return cls(**kwargs)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` strings to a nested dict; the value is parsed as YAML (so 1e-3, true, [1,2] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise VaelabError(f"--set {item!r} is not key=value: write e.g. --set train.lr=1e-3")
+        key, raw = item.split("=", 1)
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise VaelabError(f"--set {key}: {p} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML preset (or the defaults when `path` is None), apply overrides, validate strictly."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise VaelabError(f"config file {path} not found: give a YAML file such as configs/gaussian_vae.yaml")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise VaelabError(f"config file {path} is not valid YAML ({err.__class__.__name__}): fix it") from err
+    values = apply_overrides(dict(values), list(overrides))
+    return from_dict(Config, values)
+
+
+def config_from_yaml_text(text: str) -> Config:
+    """Rebuild a Config saved with `Config.to_yaml` (used when loading a run)."""
+    return from_dict(Config, yaml.safe_load(text) or {})

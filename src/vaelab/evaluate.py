@@ -1,0 +1,75 @@
+"""Evaluation: per-example tensors first (sklearn's `score_samples` style), means and standard errors second."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+from tqdm.auto import tqdm
+
+from .model import VAE
+
+# Rows (samples x images) decoded at once; bounds memory whatever K is: ~ROWS * P floats.
+ROWS_PER_CHUNK = 1 << 15
+
+
+@torch.no_grad()
+def elbo_terms(model: VAE, x: Tensor, batch_size: int = 1000) -> dict[str, Tensor]:
+    """Per-example ELBO = E_q[log p(x|z)] - KL (seed eq. 3), one z per image, analytic KL: {elbo, rec, kl} [N]."""
+    parts: dict[str, list[Tensor]] = {"elbo": [], "rec": [], "kl": []}
+    for xb in x.split(batch_size):
+        q = model.posterior(xb)
+        rec = model.likelihood(q.sample()).log_prob(xb)  # [B]
+        kl = model.kl(q)                                  # [B]
+        for k, v in (("elbo", rec - kl), ("rec", rec), ("kl", kl)):
+            parts[k].append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def iw_loglik(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500, progress: bool = False,
+              proposal: Callable[[Tensor], Distribution] | None = None) -> Tensor:
+    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q: per-example [N] (Burda et al. 2016, eq. 8).
+
+    A stochastic lower bound on log p(x) in expectation that tightens as K grows. Samples are drawn in chunks
+    of at most ROWS_PER_CHUNK decoded rows and combined with a log-sum-exp in float32, so memory is bounded.
+    `proposal` replaces q(z|x) (an autoencoder's fitted proposal, say).
+    """
+    proposal = proposal or model.posterior
+    out = []
+    for xb in tqdm(x.split(batch_size), desc=f"IW log-likelihood K={k}", disable=not progress, leave=False):
+        q = proposal(xb)
+        per_chunk = max(1, ROWS_PER_CHUNK // xb.shape[0])
+        lse = []
+        for start in range(0, k, per_chunk):
+            z = q.sample((min(per_chunk, k - start),))              # [S, B, D]
+            log_w = model.log_joint(xb, z) - q.log_prob(z)          # [S, B]
+            lse.append(torch.logsumexp(log_w.float(), dim=0))       # [B]
+        out.append(torch.logsumexp(torch.stack(lse), dim=0) - math.log(k))  # [B]
+    return torch.cat(out)
+
+
+def mean_and_stderr(values: Tensor) -> tuple[float, float]:
+    """Mean and its standard error over examples."""
+    v = values.double()
+    return v.mean().item(), (v.std() / math.sqrt(max(len(v), 1))).item() if len(v) > 1 else 0.0
+
+
+def summarize(per_example: dict[str, Tensor]) -> dict[str, float]:
+    """{name: mean, name_stderr: standard error} for each per-example tensor."""
+    out: dict[str, float] = {}
+    for name, values in per_example.items():
+        out[name], out[f"{name}_stderr"] = mean_and_stderr(values)
+    return out
+
+
+def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: int = 500,
+                   progress: bool = False) -> dict[str, float]:
+    """Test ELBO, KL and reconstruction, and the importance-weighted log-likelihood (`iw_loglik`), in nats."""
+    per_example = elbo_terms(model, x)
+    if iw_samples > 0:
+        per_example["iw_loglik"] = iw_loglik(model, x, iw_samples, batch_size, progress)
+    return summarize(per_example) | {"iw_samples": iw_samples, "n_examples": len(x)}

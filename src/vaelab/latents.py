@@ -1,0 +1,148 @@
+"""Latent families: turn encoder outputs into q(z|x) and own the prior p(z). Add one with `@LATENTS.register`.
+
+A family is a small `nn.Module` (so a learned prior is a parameter and travels with the checkpoint) with:
+  params_per_dim   encoder outputs per latent dimension
+  reparameterizable / discrete / has_kl   what gradient estimators may use (checked when a model is built)
+  posterior(h)     h [B, params_per_dim * D] -> Distribution with batch [B], event [D]
+  prior()          Distribution with event [D]
+  kl(q)            [B] analytic KL[q(z|x) || p(z)]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
+
+from .errors import VaelabError
+from .registry import Registry
+
+LATENTS: Registry[type[LatentFamily]] = Registry("latent family (model.latent)")
+
+
+class LatentFamily(nn.Module):
+    """Base: see the module docstring for the contract."""
+
+    params_per_dim = 1
+    reparameterizable = False
+    discrete = False
+    has_kl = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    @classmethod
+    def offers(cls) -> frozenset[str]:
+        """What gradient estimators may rely on: a subset of {"rsample", "discrete", "kl"}."""
+        flags = {"rsample": cls.reparameterizable, "discrete": cls.discrete, "kl": cls.has_kl}
+        return frozenset(name for name, ok in flags.items() if ok)
+
+    def posterior(self, h: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def prior(self) -> Distribution:
+        raise NotImplementedError
+
+    def kl(self, q: Distribution) -> Tensor:
+        raise NotImplementedError
+
+
+@LATENTS.register("gaussian")
+class GaussianLatent(LatentFamily):
+    """Diagonal Gaussian q(z|x) = N(mu, diag sigma^2), prior N(0, I) (the seed's section 2)."""
+
+    params_per_dim = 2
+    reparameterizable = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.register_buffer("zero", torch.zeros(()), persistent=False)
+
+    def posterior(self, h: Tensor) -> Distribution:
+        mu, logvar = h.chunk(2, dim=-1)  # [B, D] each
+        return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
+
+    def prior(self) -> Distribution:
+        loc = self.zero.expand(self.dim)
+        return Independent(Normal(loc, loc + 1.0, validate_args=False), 1)
+
+    def kl(self, q: Distribution) -> Tensor:
+        """KL[N(mu, sigma^2) || N(0, I)] = -1/2 sum(1 + log sigma^2 - mu^2 - sigma^2) (Kingma & Welling, App. B)."""
+        mu, sigma = q.base_dist.loc, q.base_dist.scale  # [B, D]
+        return 0.5 * (mu.square() + sigma.square() - 1.0 - 2.0 * sigma.log()).sum(-1)  # [B]
+
+
+@LATENTS.register("bernoulli")
+class BernoulliLatent(LatentFamily):
+    """Factorised Bernoulli codes q(z|x) = prod Bern(sigmoid(l_i(x))), prior Bern(p) per bit (the seed's section 3).
+
+    `prior_probs` is the seed's y = 1/2 by default; `learn_prior=True` learns one prior logit per bit
+    (the setting of the DisARM / VIMCO benchmarks).
+    """
+
+    discrete = True
+
+    def __init__(self, dim: int, prior_probs: float = 0.5, learn_prior: bool = False) -> None:
+        super().__init__(dim)
+        if not 0.0 < prior_probs < 1.0:
+            raise VaelabError(f"model.latent_kwargs.prior_probs={prior_probs} must lie strictly between 0 and 1")
+        logits = torch.full((dim,), math.log(prior_probs / (1.0 - prior_probs)))
+        if learn_prior:
+            self.prior_logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("prior_logits", logits)
+
+    def posterior(self, h: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=h, validate_args=False), 1)
+
+    def prior(self) -> Distribution:
+        return Independent(Bernoulli(logits=self.prior_logits, validate_args=False), 1)
+
+    def kl(self, q: Distribution) -> Tensor:
+        """sum_i q_i log(q_i/p_i) + (1-q_i) log((1-q_i)/(1-p_i)); for p = 1/2 this is -H[q] + n log 2 (seed eq. 8)."""
+        logits, prior = q.base_dist.logits, self.prior_logits  # [B, D], [D]
+        probs = torch.sigmoid(logits)
+        kl = probs * (F.logsigmoid(logits) - F.logsigmoid(prior)) + (1 - probs) * (
+            F.logsigmoid(-logits) - F.logsigmoid(-prior)
+        )
+        return kl.sum(-1)  # [B]
+
+
+class PointMass(Distribution):
+    """The deterministic code of an autoencoder: all mass at `loc`; `rsample` returns it (shape [*S, B, D])."""
+
+    arg_constraints = {"loc": constraints.real_vector}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: Tensor) -> None:
+        self.loc = loc
+        super().__init__(batch_shape=loc.shape[:-1], event_shape=loc.shape[-1:], validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        return self.loc.expand(torch.Size(sample_shape) + self.loc.shape)
+
+
+@LATENTS.register("deterministic")
+class DeterministicLatent(LatentFamily):
+    """A plain autoencoder's code (the seed's section 4): no KL; the prior is a density fitted afterwards."""
+
+    reparameterizable = True
+    has_kl = False
+
+    def posterior(self, h: Tensor) -> Distribution:
+        return PointMass(h)
+
+    def prior(self) -> Distribution:
+        raise VaelabError("an autoencoder has no prior until one is fitted: run `vaelab fit-density RUN` first")
+
+    def kl(self, q: Distribution) -> Tensor:
+        raise VaelabError("an autoencoder has no KL term: train it with estimator.name=ae")

@@ -1,0 +1,61 @@
+"""The latent-variable model: q(z|x), p(z), p(x|z). It returns per-sample, per-example log-densities and never
+reduces or picks an objective; estimators and evaluators decide how to combine them."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent
+
+from .config import ModelConfig
+from .latents import LATENTS, LatentFamily
+from .nets import NETS
+
+
+class VAE(nn.Module):
+    """Encoder + latent family + Bernoulli decoder. Shapes: x [B, P], z [*S, B, D], log-densities [*S, B]."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: LatentFamily,
+                 image_shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.latent = encoder, decoder, latent
+        self.image_shape = tuple(image_shape)
+
+    def posterior(self, x: Tensor) -> Distribution:
+        """q(z|x): batch [B], event [D]."""
+        return self.latent.posterior(self.encoder(x))
+
+    def prior(self) -> Distribution:
+        """p(z): event [D]."""
+        return self.latent.prior()
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        """p(x|z) = prod_i Bern(x_i | omega_i(z)) (seed eq. 7): batch [*S, B], event [P]."""
+        return Independent(Bernoulli(logits=self.decoder(z), validate_args=False), 1)
+
+    def kl(self, q: Distribution) -> Tensor:
+        """Analytic KL[q(z|x) || p(z)]: [B]."""
+        return self.latent.kl(q)
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x, z) = log p(z) + log p(x|z): [*S, B] for z [*S, B, D], x [B, P]."""
+        return self.prior().log_prob(z) + self.likelihood(z).log_prob(x)
+
+    @torch.no_grad()
+    def decode_probs(self, z: Tensor) -> Tensor:
+        """omega(z) = sigmoid(decoder(z)): [..., P]."""
+        return torch.sigmoid(self.decoder(z))
+
+
+def build_model(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, int],
+                train_mean: Tensor | None = None) -> VAE:
+    """Assemble networks and latent family from the config; optionally set the output bias to logit(mean image)."""
+    latent_cls = LATENTS.get(cfg.latent)
+    latent = latent_cls(cfg.latent_dim, **cfg.latent_kwargs)
+    encoder, decoder = NETS.get(cfg.nets)(data_dim, tuple(image_shape), latent_cls.params_per_dim * cfg.latent_dim,
+                                          cfg.latent_dim, list(cfg.hidden), cfg.activation)
+    if cfg.decoder_bias == "data_mean" and train_mean is not None:
+        last = [m for m in decoder.modules() if getattr(m, "bias", None) is not None][-1]
+        with torch.no_grad():
+            last.bias.copy_(torch.logit(train_mean.clamp(1e-3, 1 - 1e-3)).reshape(last.bias.shape))
+    return VAE(encoder, decoder, latent, image_shape)

@@ -1,0 +1,171 @@
+"""A run directory: the resolved config, data resident on the device, and crash-safe checkpoints.
+
+Layout of RUN_DIR:  config.yaml  metrics.jsonl  tb/  checkpoint/{model.safetensors, state.pt}  eval.json  fig/
+Checkpoints are written to `checkpoint.tmp/` and swapped in by renames, so a crash never leaves a half-written
+checkpoint in place of a good one. Weights are safetensors; the rest loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .config import Config, DataConfig, config_from_yaml_text
+from .data import Splits, binarize, load_splits
+from .errors import VaelabError
+from .estimators import Estimator, build_estimator
+from .model import VAE, build_model
+
+FORMAT = "vaelab-checkpoint-1"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VaelabError(f"device {name!r} requested but no CUDA GPU is visible: use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise VaelabError(f"unknown device {name!r}: use auto, cpu or cuda") from err
+
+
+@dataclass
+class DeviceData:
+    """Images on the training device. Train stays in [0, 1] for dynamic binarization; valid/test are a fixed draw."""
+
+    x_train: Tensor   # [N, P] raw (dynamic) or binarized once (static / threshold / none)
+    y_train: Tensor
+    x_valid: Tensor   # [Nv, P] binary, fixed seeded draw
+    y_valid: Tensor
+    x_test: Tensor    # [Nt, P] binary, fixed seeded draw: comparable across runs
+    y_test: Tensor
+    image_shape: tuple[int, int]
+    binarize: str
+
+    def train_epoch_images(self, generator: torch.Generator) -> Tensor:
+        """The training images of one epoch: a fresh Bernoulli draw when binarization is dynamic."""
+        return binarize(self.x_train, "dynamic", generator) if self.binarize == "dynamic" else self.x_train
+
+
+def prepare_data(cfg: DataConfig, device: torch.device, splits: Splits | None = None) -> DeviceData:
+    """Load the splits and put them on `device`, binarizing valid/test (and static train) with `cfg.eval_seed`."""
+    splits = splits or load_splits(cfg.source)
+    gen = torch.Generator().manual_seed(cfg.eval_seed)
+    mode = "dynamic" if cfg.binarize in ("dynamic", "static") else cfg.binarize   # a fixed draw = one seeded draw
+
+    def fixed_draw(a):
+        return binarize(torch.from_numpy(a).float(), mode, gen).to(device)
+
+    x_train = torch.from_numpy(splits.x_train).float()
+    x_train = x_train.to(device) if cfg.binarize == "dynamic" else fixed_draw(splits.x_train)
+    x_valid, x_test = fixed_draw(splits.x_valid), fixed_draw(splits.x_test)
+    labels = [torch.from_numpy(y).long().to(device) for y in (splits.y_train, splits.y_valid, splits.y_test)]
+    return DeviceData(x_train, labels[0], x_valid, labels[1], x_test, labels[2], tuple(splits.image_shape),
+                      cfg.binarize)
+
+
+def build(cfg: Config, data: DeviceData, device: torch.device) -> tuple[VAE, Estimator]:
+    """Model and estimator for `cfg`, on `device`, seeded by `cfg.train.seed`."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, data.x_train.shape[1], data.image_shape, data.x_train.mean(0).cpu())
+    estimator = build_estimator(cfg.estimator.name, cfg.estimator.kwargs, model)
+    return model.to(device), estimator.to(device)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator, state: dict[str, Any]) -> None:
+    """Write weights (safetensors, config in metadata) and training state, then swap them in atomically."""
+    tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"estimator.{k}": v.detach().contiguous() for k, v in estimator.state_dict().items()}
+    save_file(tensors, tmp / "model.safetensors", metadata={"format": FORMAT, "config": cfg.to_yaml(),
+                                                           "epoch": str(state.get("epoch", 0))})
+    torch.save(state, tmp / "state.pt")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    for name in ("checkpoint", "checkpoint.old"):   # .old survives a crash between the two renames
+        if (run_dir / name / "model.safetensors").is_file():
+            return run_dir / name
+    raise VaelabError(f"no checkpoint in {run_dir}: train first with `vaelab train CONFIG --out {run_dir}`")
+
+
+def read_checkpoint(run_dir: str | Path) -> tuple[Config, dict[str, Tensor], dict[str, Any]]:
+    """Config, weights and training state of a run, refusing damaged or foreign files with a clear error."""
+    ckpt = _checkpoint_dir(Path(run_dir))
+    try:
+        from safetensors import safe_open
+
+        with safe_open(ckpt / "model.safetensors", framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(ckpt / "model.safetensors")
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as err:
+        raise VaelabError(f"checkpoint {ckpt} is damaged ({str(err).splitlines()[0][:80]}): "
+                          "retrain, or resume from a backup copy") from err
+    if meta.get("format") != FORMAT:
+        raise VaelabError(f"{ckpt} is not a vaelab checkpoint (format {meta.get('format')!r}): "
+                          "point to a run directory written by `vaelab train`")
+    return config_from_yaml_text(meta["config"]), tensors, state
+
+
+def load_weights(model: VAE, estimator: Estimator, tensors: dict[str, Tensor]) -> None:
+    """Load checkpoint tensors into model and estimator; a key mismatch is a foreign checkpoint."""
+    for prefix, module in (("model.", model), ("estimator.", estimator)):
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(part)
+        except RuntimeError as err:
+            raise VaelabError(f"checkpoint does not match its config ({str(err).splitlines()[0][:100]}): "
+                              "was it copied from another run?") from err
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    model: VAE
+    estimator: Estimator
+    data: DeviceData
+    state: dict[str, Any]
+    device: torch.device
+
+
+def open_run(run_dir: str | Path, device: str = "auto", data_source: str | None = None) -> LoadedRun:
+    """Rebuild a trained run (config, data, model, estimator) from its directory, for evaluation and sampling."""
+    cfg, tensors, state = read_checkpoint(run_dir)
+    if data_source is not None:
+        cfg.data.source = data_source
+    dev = resolve_device(device)
+    data = prepare_data(cfg.data, dev)
+    model, estimator = build(cfg, data, dev)
+    load_weights(model, estimator, tensors)
+    model.eval()
+    return LoadedRun(cfg, model, estimator, data, state, dev)
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(values, indent=2) + "\n")

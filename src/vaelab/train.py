@@ -1,0 +1,125 @@
+"""The training loop: one loop for every model; what differs lives in the latent family and the estimator."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config
+from .errors import VaelabError
+from .evaluate import elbo_terms
+from .run import atomic_write_text, build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
+
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoint", "checkpoint.old")
+
+
+class MetricsSink:
+    """metrics.jsonl (rewritten atomically from the full history) and TensorBoard scalars, one row per epoch."""
+
+    def __init__(self, run_dir: Path, history: list[dict[str, Any]]) -> None:
+        self.path, self.history = run_dir / "metrics.jsonl", list(history)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=len(history) + 1)
+        except ImportError:  # TensorBoard is a declared dependency; tolerate its absence in slim installs
+            self.tb = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    self.tb.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite another run; refuse to resume what is not there."""
+    holds_run = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
+    if resume and not holds_run:
+        raise VaelabError(f"--resume {run_dir}: no run there to resume; drop --resume to start a new one")
+    if not resume and holds_run:
+        raise VaelabError(f"{run_dir} already holds a run: use --resume {run_dir} to continue it, "
+                          "or --out a new directory")
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
+    """Train `cfg` into `run_dir` (or continue it); returns the per-epoch metrics history."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    state: dict[str, Any] = {"epoch": 0, "history": []}
+    if resume:
+        cfg, tensors, state = read_checkpoint(run_dir)
+    device = resolve_device(cfg.train.device)
+    data = prepare_data(cfg.data, device)
+    model, estimator = build(cfg, data, device)
+    params = [*model.parameters(), *estimator.parameters()]
+    optim = torch.optim.Adam(params, lr=cfg.train.lr, fused=device.type == "cuda" or None)
+    gen = torch.Generator(device).manual_seed(cfg.train.seed)
+    if resume:
+        load_weights(model, estimator, tensors)
+        optim.load_state_dict(state["optim"])
+        gen.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    sink = MetricsSink(run_dir, state["history"])
+    show = not quiet and sys.stderr.isatty()
+    try:
+        for epoch in range(state["epoch"], cfg.train.epochs):
+            row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show)
+            model.eval()
+            row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, data.x_valid).items()}
+            model.train()
+            save_checkpoint(run_dir, cfg, model, estimator, {
+                "epoch": epoch + 1, "history": [*sink.history, row], "optim": optim.state_dict(),
+                "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
+            sink.log(row)
+            if not quiet:
+                print(f"epoch {epoch + 1}/{cfg.train.epochs}  train ELBO {row['train_elbo']:.2f}  "
+                      f"valid ELBO {row['valid_elbo']:.2f}  (KL {row['valid_kl']:.2f}, "
+                      f"rec {row['valid_rec']:.2f})  {row['seconds']:.1f}s", file=sys.stderr)
+    finally:
+        sink.close()
+    return sink.history
+
+
+def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator, epoch: int,
+                show_progress: bool) -> dict[str, Any]:
+    """One pass over a fresh permutation; sums stay on the device and are read once at the end."""
+    t0 = time.perf_counter()
+    model.train()
+    x_epoch = data.train_epoch_images(gen)                                       # [N, P]
+    batches = torch.randperm(len(x_epoch), generator=gen, device=gen.device).split(cfg.train.batch_size)
+    batches = batches[: cfg.train.steps_per_epoch] if cfg.train.steps_per_epoch else batches
+    sums = torch.zeros(4, device=x_epoch.device)                                 # loss, elbo, rec, kl
+    for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_progress, leave=False):
+        est = estimator(model, x_epoch[idx])
+        optim.zero_grad(set_to_none=True)
+        est.loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optim.step()
+        sums += torch.stack([est.loss.detach() * len(idx), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
+    n = sum(len(i) for i in batches)
+    loss, elbo, rec, kl = (sums / n).tolist()
+    if not torch.isfinite(sums).all():
+        raise VaelabError(f"training diverged in epoch {epoch + 1} (loss {loss}): lower train.lr or set "
+                          "train.grad_clip; the last good checkpoint is kept")
+    return {"epoch": epoch + 1, "train_loss": loss, "train_elbo": elbo, "train_rec": rec, "train_kl": kl,
+            "seconds": time.perf_counter() - t0, "steps": len(batches)}
