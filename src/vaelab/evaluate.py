@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from .latents import PointMass
 from .model import VAE
 
 # Rows (samples x images) decoded at once; bounds memory whatever K is: ~ROWS * P floats.
@@ -23,7 +24,7 @@ def elbo_terms(model: VAE, x: Tensor, batch_size: int = 1000) -> dict[str, Tenso
     for xb in x.split(batch_size):
         q = model.posterior(xb)
         rec = model.likelihood(q.sample()).log_prob(xb)  # [B]
-        kl = model.kl(q)                                  # [B]
+        kl = torch.zeros_like(rec) if isinstance(q, PointMass) else model.kl(q)  # [B]; an AE's code: no KL (eq. 12)
         for k, v in (("elbo", rec - kl), ("rec", rec), ("kl", kl)):
             parts[k].append(v)
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -35,7 +36,7 @@ def iw_loglik(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500, progr
     """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q: per-example [N] (Burda et al. 2016, eq. 8).
 
     A stochastic lower bound on log p(x) in expectation that tightens as K grows. Samples are drawn in chunks
-    of at most ROWS_PER_CHUNK decoded rows and combined with a log-sum-exp in float32, so memory is bounded.
+    of at most ROWS_PER_CHUNK decoded rows and combined with a log-sum-exp in at least float32, so memory is bounded.
     `proposal` replaces q(z|x) (an autoencoder's fitted proposal, say).
     """
     proposal = proposal or model.posterior
@@ -47,7 +48,7 @@ def iw_loglik(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500, progr
         for start in range(0, k, per_chunk):
             z = q.sample((min(per_chunk, k - start),))              # [S, B, D]
             log_w = model.log_joint(xb, z) - q.log_prob(z)          # [S, B]
-            lse.append(torch.logsumexp(log_w.float(), dim=0))       # [B]
+            lse.append(torch.logsumexp(log_w.to(torch.promote_types(log_w.dtype, torch.float32)), 0))  # [B]
         out.append(torch.logsumexp(torch.stack(lse), dim=0) - math.log(k))  # [B]
     return torch.cat(out)
 
@@ -64,6 +65,20 @@ def summarize(per_example: dict[str, Tensor]) -> dict[str, float]:
     for name, values in per_example.items():
         out[name], out[f"{name}_stderr"] = mean_and_stderr(values)
     return out
+
+
+@torch.no_grad()
+def evaluate_autoencoder(model: VAE, x: Tensor, proposal: Callable[[Tensor], Distribution] | None,
+                         iw_samples: int = 5000, batch_size: int = 500, progress: bool = False) -> dict[str, float | None]:
+    """An autoencoder whose `prior()` is a fitted density (density.WithPrior): `rec` = log p(x|z(x)) at its code
+    (seed eq. 12) and `iw_loglik` = log p(x) by importance sampling from `proposal`, the VAEs' field, likewise a
+    stochastic lower bound in expectation (`proposal` is needed when iw_samples > 0: density.fit_proposal).
+    An AE has no ELBO or KL: both are reported as None (JSON null)."""
+    rec = torch.cat([model.likelihood(model.posterior(xb).mean).log_prob(xb) for xb in x.split(batch_size)])  # [N]
+    per_example = {"rec": rec}
+    if iw_samples > 0:
+        per_example["iw_loglik"] = iw_loglik(model, x, iw_samples, batch_size, progress, proposal)
+    return {"elbo": None, "kl": None} | summarize(per_example) | {"iw_samples": iw_samples, "n_examples": len(x)}
 
 
 def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: int = 500,

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny seeded configs on sklearn's 8x8 digits, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaelab.cli import main
+from vaelab.config import load_config
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)   # tests are tiny; one thread keeps them deterministic and leaves the other core free
+
+
+def tiny_config(*overrides: str):
+    """The Gaussian VAE preset shrunk to digits: 64 pixels, hidden [32], 4 latents."""
+    return load_config("configs/gaussian_vae.yaml", [
+        "data.source=digits", "model.hidden=[32]", "model.latent_dim=4", "train.epochs=2",
+        "train.batch_size=64", "eval.iw_samples=20", *overrides])
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `vaelab ARGS...` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
