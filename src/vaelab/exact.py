@@ -1,0 +1,108 @@
+"""Exact quantities for small binary latent spaces, by enumerating all 2^D codes through `model.log_joint`.
+
+log p(x) = logsumexp_z [log p(z) + log p(x|z)] over the 2^D codes z, and the exact expectations under q(z|x) that
+gradient checks differentiate. Cost grows as 2^D x images x decoder: fine for D <= ~12 on a test set, minutes to
+hours at D = 20 (2^20 codes x 10k MNIST test images is ~10^10 decoder rows), refused above MAX_EXACT_DIM.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import VaelabError
+from .evaluate import ROWS_PER_CHUNK
+from .latents import BernoulliLatent
+from .model import VAE
+
+MAX_EXACT_DIM = 20
+
+
+def all_codes(dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """Every binary code of length `dim`, row i holding the bits of i (least significant first): [2^dim, dim]."""
+    index = torch.arange(2**dim, device=device)[:, None]                  # [C, 1]
+    return ((index >> torch.arange(dim, device=device)) & 1).to(dtype)     # [C, D]
+
+
+def check_enumerable(model: VAE, max_dim: int = MAX_EXACT_DIM) -> int:
+    """The latent dimension D if the model's codes can be enumerated, else a VaelabError naming the fix."""
+    latent = model.latent
+    if not isinstance(latent, BernoulliLatent):
+        raise VaelabError(f"exact enumeration needs a Bernoulli latent, not {type(latent).__name__}: "
+                          "use the importance-weighted estimate (--iw-samples) instead")
+    if latent.dim > max_dim:
+        raise VaelabError(f"exact enumeration of 2^{latent.dim} codes is out of reach (limit 2^{max_dim}): "
+                          "use the importance-weighted estimate (--iw-samples) instead")
+    return latent.dim
+
+
+def code_chunks(model: VAE, like: Tensor, rows: int) -> list[Tensor]:
+    """All codes on `like`'s device and dtype, split so that a chunk times `rows` images stays under the budget."""
+    codes = all_codes(model.latent.dim, like.dtype, like.device)
+    return list(codes.split(max(1, ROWS_PER_CHUNK // max(rows, 1))))
+
+
+@torch.no_grad()
+def exact_loglik(model: VAE, x: Tensor, batch_size: int = 500, max_dim: int = MAX_EXACT_DIM,
+                 progress: bool = False) -> Tensor:
+    """log p(x) = logsumexp over all 2^D codes of log p(z) + log p(x|z): per-example [N], exact up to rounding."""
+    dim = check_enumerable(model, max_dim)
+    out = []
+    for xb in tqdm(x.split(batch_size), desc=f"exact log p(x), 2^{dim} codes", disable=not progress, leave=False):
+        parts = []
+        for codes in code_chunks(model, xb, len(xb)):
+            z = codes[:, None, :].expand(-1, len(xb), -1)                 # [C, B, D]
+            parts.append(torch.logsumexp(model.log_joint(xb, z), 0))      # [B]
+        out.append(torch.logsumexp(torch.stack(parts), 0))                # [B]
+    return torch.cat(out)
+
+
+def expected_reconstruction(model: VAE, x: Tensor, codes: Tensor | None = None) -> Tensor:
+    """sum_z q(z|x) log p(x|z) over `codes` (default: all 2^D), differentiable in encoder and decoder: [B].
+
+    Summed over all codes this is the exact reconstruction term of the ELBO (seed eq. 3); over a chunk of codes it
+    is that chunk's share, so callers can accumulate gradients chunk by chunk.
+    """
+    check_enumerable(model, max_dim=MAX_EXACT_DIM)
+    q = model.posterior(x)
+    if codes is None:
+        codes = all_codes(model.latent.dim, x.dtype, x.device)
+    z = codes[:, None, :].expand(-1, len(x), -1)                          # [C, B, D]
+    return (q.log_prob(z).exp() * model.likelihood(z).log_prob(x)).sum(0)  # [B]
+
+
+def exact_kl(model: VAE, x: Tensor) -> Tensor:
+    """KL[q(z|x) || p(z)]: the family's closed form, else sum_z q(z|x) (log q(z|x) - log p(z)) over all codes
+    (non-factorised binary families such as bernoulli_ar); differentiable: [B]."""
+    q = model.posterior(x)
+    if model.latent.has_kl:
+        return model.kl(q)
+    z = all_codes(check_enumerable(model), x.dtype, x.device)[:, None, :].expand(-1, len(x), -1)  # [C, B, D]
+    log_q = q.log_prob(z)                                                 # [C, B]
+    return (log_q.exp() * (log_q - model.prior().log_prob(z))).sum(0)
+
+
+def exact_elbo(model: VAE, x: Tensor) -> Tensor:
+    """The exact ELBO E_q[log p(x|z)] - KL[q || p] by enumeration, differentiable: [B]."""
+    return expected_reconstruction(model, x) - exact_kl(model, x)
+
+
+def exact_iw_bound(model: VAE, x: Tensor, num_samples: int, max_tuples: int = 1 << 16) -> Tensor:
+    """E over K iid z_k ~ q of log (1/K) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016), by enumerating all
+    (2^D)^K tuples, differentiable: [B]. Only for tiny D and K (at most `max_tuples` tuples)."""
+    dim = check_enumerable(model)
+    if 2 ** (dim * num_samples) > max_tuples:
+        raise VaelabError(f"the exact {num_samples}-sample bound needs 2^{dim * num_samples} code tuples "
+                          f"(limit {max_tuples}): use fewer latent bits or samples")
+    q = model.posterior(x)
+    codes = all_codes(dim, x.dtype, x.device)
+    z = codes[:, None, :].expand(-1, len(x), -1)                          # [C, B, D]
+    log_q = q.log_prob(z)                                                 # [C, B]
+    log_w = model.log_joint(x, z) - log_q                                 # [C, B]
+    index = torch.cartesian_prod(*[torch.arange(len(codes), device=x.device)] * num_samples)  # [C^K, K]
+    index = index.reshape(-1, num_samples)
+    bound = torch.logsumexp(log_w[index], 1) - math.log(num_samples)      # [C^K, B]
+    return (log_q[index].sum(1).exp() * bound).sum(0)                     # [B]
