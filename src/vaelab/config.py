@@ -48,6 +48,7 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     grad_clip: float | None = None
     steps_per_epoch: int | None = None   # cap the steps of each epoch (smoke tests); None = whole epoch
+    kl_weight: dict[str, Any] = field(default_factory=dict)  # beta schedule (schedules.py); {} = 1; eval uses 1
 
 
 @dataclass

@@ -2,10 +2,12 @@
 
 A family is a small `nn.Module` (so a learned prior is a parameter and travels with the checkpoint) with:
   params_per_dim   encoder outputs per latent dimension
-  reparameterizable / discrete / has_kl   what gradient estimators may use (checked when a model is built)
+  reparameterizable / discrete / has_kl / mc_kl / factorised   what gradient estimators may use (`offers`,
+                   checked when a model is built)
   posterior(h)     h [B, params_per_dim * D] -> Distribution with batch [B], event [D]
   prior()          Distribution with event [D]
-  kl(q)            [B] analytic KL[q(z|x) || p(z)]
+  kl(q)            [B] analytic KL[q(z|x) || p(z)] (families with has_kl)
+  kl_at(q, z)      the KL term at the estimator's own sample z: kl(q), or log q(z|x) - log p(z) (mc_kl families)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
 from .errors import VaelabError
+from .flows import MADE, AutoregressiveBernoulli, IAFPosterior, IAFStep
 from .registry import Registry
 
 LATENTS: Registry[type[LatentFamily]] = Registry("latent family (model.latent)")
@@ -29,7 +32,9 @@ class LatentFamily(nn.Module):
     params_per_dim = 1
     reparameterizable = False
     discrete = False
-    has_kl = True
+    has_kl = True          # kl(q) in closed form
+    mc_kl = False          # no closed form: the KL term is log q(z|x) - log p(z) at the estimator's sample
+    factorised = False     # q(z|x) = prod_i q(z_i|x), its parameters at q.base_dist (DisARM, relaxations)
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -37,9 +42,19 @@ class LatentFamily(nn.Module):
 
     @classmethod
     def offers(cls) -> frozenset[str]:
-        """What gradient estimators may rely on: a subset of {"rsample", "discrete", "kl"}."""
-        flags = {"rsample": cls.reparameterizable, "discrete": cls.discrete, "kl": cls.has_kl}
+        """What gradient estimators may rely on: a subset of {"rsample", "discrete", "kl", "kl_at", "factorised"}.
+        "kl": closed-form `kl(q)`; "kl_at": a KL term, closed-form or Monte Carlo, through `kl_at(q, z)`."""
+        flags = {"rsample": cls.reparameterizable, "discrete": cls.discrete, "kl": cls.has_kl,
+                 "kl_at": cls.has_kl or cls.mc_kl, "factorised": cls.factorised}
         return frozenset(name for name, ok in flags.items() if ok)
+
+    def kl_at(self, q: Distribution, z: Tensor) -> Tensor:
+        """The KL term for an estimator that drew z [*S, B, D] from q: analytic kl(q) [B] when the family has
+        one, else the single-sample Monte Carlo estimate log q(z|x) - log p(z) [*S, B] (unbiased; Kingma &
+        Welling 2014, estimator A, eq. 6). Pass the z of the reconstruction: rec - kl_at = log p(x,z) - log q(z|x)."""
+        if self.mc_kl:
+            return q.log_prob(z) - self.prior().log_prob(z)
+        return self.kl(q)
 
     def posterior(self, h: Tensor) -> Distribution:
         raise NotImplementedError
@@ -57,6 +72,7 @@ class GaussianLatent(LatentFamily):
 
     params_per_dim = 2
     reparameterizable = True
+    factorised = True
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
@@ -85,6 +101,7 @@ class BernoulliLatent(LatentFamily):
     """
 
     discrete = True
+    factorised = True
 
     def __init__(self, dim: int, prior_probs: float = 0.5, learn_prior: bool = False) -> None:
         super().__init__(dim)
@@ -137,6 +154,7 @@ class DeterministicLatent(LatentFamily):
 
     reparameterizable = True
     has_kl = False
+    factorised = True
 
     def posterior(self, h: Tensor) -> Distribution:
         return PointMass(h)
@@ -146,3 +164,60 @@ class DeterministicLatent(LatentFamily):
 
     def kl(self, q: Distribution) -> Tensor:
         raise VaelabError("an autoencoder has no KL term: train it with estimator.name=ae")
+
+
+@LATENTS.register("gaussian_iaf")
+class GaussianIAFLatent(GaussianLatent):
+    """q(z|x): N(mu, sigma^2) then `steps` inverse autoregressive flow steps conditioned on a context h(x), the
+    variable order reversed between steps (Kingma et al. 2016); prior N(0, I); KL by Monte Carlo (`kl_at`).
+
+    The encoder emits mu, log sigma^2 and a D-dimensional context; each step is a MADE with `hidden_units`.
+    """
+
+    params_per_dim = 3
+    has_kl = False
+    mc_kl = True
+    factorised = False
+
+    def __init__(self, dim: int, steps: int = 2, hidden_units: int | None = None) -> None:
+        super().__init__(dim)
+        if steps < 1 or (hidden_units is not None and hidden_units < 1):
+            raise VaelabError(f"gaussian_iaf needs steps >= 1 and hidden_units >= 1 (got {steps}, {hidden_units}): "
+                              "fix model.latent_kwargs")
+        hidden = hidden_units or 2 * dim
+        self.steps = nn.ModuleList(MADE(dim, dim, hidden, 2, reverse=t % 2 == 1) for t in range(steps))
+        for made in self.steps:   # start each step close to the identity: sigma = sigmoid(s) near 1
+            nn.init.constant_(made.out.bias[dim:], 2.0)
+
+    def posterior(self, h: Tensor) -> Distribution:
+        mu, logvar, context = h.chunk(3, dim=-1)  # [B, D] each
+        base = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
+        return IAFPosterior(base, [IAFStep(made, context) for made in self.steps])
+
+    def kl(self, q: Distribution) -> Tensor:
+        raise VaelabError("gaussian_iaf has no closed-form KL: estimate it with latent.kl_at(q, z)")
+
+
+@LATENTS.register("bernoulli_ar")
+class AutoregressiveBernoulliLatent(BernoulliLatent):
+    """Binary codes that are not factorised: q(z|x) = prod_i Bern(z_i | sigmoid(b_i(x) + MADE_i(z_<i, c(x)))),
+    prior as `bernoulli`; KL by Monte Carlo (`kl_at`). The encoder emits D logits b(x) and a D-dim context c(x)."""
+
+    params_per_dim = 2
+    has_kl = False
+    mc_kl = True
+    factorised = False
+
+    def __init__(self, dim: int, prior_probs: float = 0.5, learn_prior: bool = False,
+                 hidden_units: int | None = None) -> None:
+        super().__init__(dim, prior_probs, learn_prior)
+        if hidden_units is not None and hidden_units < 1:
+            raise VaelabError(f"bernoulli_ar needs hidden_units >= 1, got {hidden_units}: fix model.latent_kwargs")
+        self.made = MADE(dim, dim, hidden_units or 2 * dim, 1)
+
+    def posterior(self, h: Tensor) -> Distribution:
+        logits, context = h.chunk(2, dim=-1)  # [B, D] each
+        return AutoregressiveBernoulli(logits, context, self.made)
+
+    def kl(self, q: Distribution) -> Tensor:
+        raise VaelabError("bernoulli_ar has no closed-form KL: estimate it with latent.kl_at(q, z)")

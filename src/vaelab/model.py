@@ -37,6 +37,10 @@ class VAE(nn.Module):
         """Analytic KL[q(z|x) || p(z)]: [B]."""
         return self.latent.kl(q)
 
+    def kl_at(self, q: Distribution, z: Tensor) -> Tensor:
+        """The KL term at the estimator's own sample z: analytic [B], or log q(z|x) - log p(z) [*S, B] (mc_kl)."""
+        return self.latent.kl_at(q, z)
+
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x, z) = log p(z) + log p(x|z): [*S, B] for z [*S, B, D], x [B, P]."""
         return self.prior().log_prob(z) + self.likelihood(z).log_prob(x)

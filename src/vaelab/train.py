@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from .config import Config
 from .errors import VaelabError
 from .evaluate import elbo_terms
 from .run import atomic_write_text, build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
+from .schedules import Schedule, kl_schedule
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoint", "checkpoint.old")
 
@@ -64,6 +66,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     device = resolve_device(cfg.train.device)
     data = prepare_data(cfg.data, device)
     model, estimator = build(cfg, data, device)
+    steps_per_epoch = min(math.ceil(len(data.x_train) / cfg.train.batch_size), cfg.train.steps_per_epoch or math.inf)
+    beta = kl_schedule(cfg.train.kl_weight, steps_per_epoch)   # validated before any training
     params = [*model.parameters(), *estimator.parameters()]
     optim = torch.optim.Adam(params, lr=cfg.train.lr, fused=device.type == "cuda" or None)
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
@@ -81,7 +85,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     show = not quiet and sys.stderr.isatty()
     try:
         for epoch in range(state["epoch"], cfg.train.epochs):
-            row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show)
+            row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show, beta)
             model.eval()
             row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, data.x_valid).items()}
             model.train()
@@ -93,23 +97,30 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
             if not quiet:
                 print(f"epoch {epoch + 1}/{cfg.train.epochs}  train ELBO {row['train_elbo']:.2f}  "
                       f"valid ELBO {row['valid_elbo']:.2f}  (KL {row['valid_kl']:.2f}, "
-                      f"rec {row['valid_rec']:.2f})  {row['seconds']:.1f}s", file=sys.stderr)
+                      f"rec {row['valid_rec']:.2f})  {row['seconds']:.1f}s"
+                      + (f"  KL weight {row['kl_weight']:.3g}" if cfg.train.kl_weight else ""), file=sys.stderr)
     finally:
         sink.close()
     return sink.history
 
 
 def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator, epoch: int,
-                show_progress: bool) -> dict[str, Any]:
-    """One pass over a fresh permutation; sums stay on the device and are read once at the end."""
+                show_progress: bool, beta: Schedule = lambda step: 1.0) -> dict[str, Any]:
+    """One pass over a fresh permutation; sums stay on the device and are read once at the end.
+
+    `beta(step)` weights the trained KL (train_loss); train_elbo/rec/kl are the unweighted ELBO terms."""
     t0 = time.perf_counter()
     model.train()
     x_epoch = data.train_epoch_images(gen)                                       # [N, P]
     batches = torch.randperm(len(x_epoch), generator=gen, device=gen.device).split(cfg.train.batch_size)
     batches = batches[: cfg.train.steps_per_epoch] if cfg.train.steps_per_epoch else batches
     sums = torch.zeros(4, device=x_epoch.device)                                 # loss, elbo, rec, kl
-    for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_progress, leave=False):
-        est = estimator(model, x_epoch[idx])
+    step0, beta_sum = epoch * len(batches), 0.0
+    for i, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_progress,
+                                 leave=False)):
+        kl_weight = beta(step0 + i)                                              # a python float: no host sync
+        beta_sum += kl_weight
+        est = estimator(model, x_epoch[idx], kl_weight)
         optim.zero_grad(set_to_none=True)
         est.loss.backward()
         if cfg.train.grad_clip:
@@ -122,4 +133,4 @@ def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator
         raise VaelabError(f"training diverged in epoch {epoch + 1} (loss {loss}): lower train.lr or set "
                           "train.grad_clip; the last good checkpoint is kept")
     return {"epoch": epoch + 1, "train_loss": loss, "train_elbo": elbo, "train_rec": rec, "train_kl": kl,
-            "seconds": time.perf_counter() - t0, "steps": len(batches)}
+            "kl_weight": beta_sum / len(batches), "seconds": time.perf_counter() - t0, "steps": len(batches)}

@@ -1,0 +1,106 @@
+"""KL weight schedules beta(step) for the trained objective E_q[log p(x|z)] - beta * KL (`train.kl_weight`).
+
+A schedule is a small mapping in the config, for example
+  {}                                                     constant 1: the plain ELBO
+  {kind: constant, beta: 4.0}                            beta-VAE (Higgins et al. 2017)
+  {kind: linear, start: 0.0, beta: 1.0, warmup_steps: 5000}   KL warm-up (Bowman et al. 2016)
+  {kind: cyclical, beta: 1.0, cycle_epochs: 10, ratio: 0.5, cycles: 4}   cyclical annealing (Fu et al. 2019)
+Durations are given in optimizer steps (`*_steps`) or in epochs (`*_epochs`, converted with the steps per epoch).
+Only training sees beta: the reported ELBO and every evaluation are always the true ELBO (beta = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .errors import VaelabError
+
+Schedule = Callable[[int], float]
+
+
+def _duration(spec: dict[str, Any], name: str, steps_per_epoch: int | None) -> int:
+    """The length `name` in steps, from `{name}_steps` or `{name}_epochs` (exactly one of them must be given)."""
+    given = [k for k in (f"{name}_steps", f"{name}_epochs") if k in spec]
+    if len(given) != 1:
+        raise VaelabError(f"train.kl_weight of kind {spec['kind']!r} needs exactly one of {name}_steps or "
+                          f"{name}_epochs: set one, e.g. {name}_steps: 5000")
+    value = spec[given[0]]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise VaelabError(f"train.kl_weight.{given[0]} = {value!r} must be a positive number: fix it")
+    if given[0].endswith("_epochs"):
+        if not steps_per_epoch:
+            raise VaelabError(f"train.kl_weight.{given[0]} needs the steps per epoch: give {name}_steps instead")
+        value *= steps_per_epoch
+    return max(1, round(value))
+
+
+def _weight(spec: dict[str, Any], key: str, default: float) -> float:
+    """A non-negative finite weight from the spec."""
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise VaelabError(f"train.kl_weight.{key} = {value!r} must be a finite number >= 0: fix it")
+    return float(value)
+
+
+def _constant(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
+    """beta everywhere; beta != 1 is the beta-VAE objective (Higgins et al. 2017)."""
+    beta = _weight(spec, "beta", 1.0)
+    return lambda step: beta
+
+
+def _linear(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
+    """start + (beta - start) * min(1, step / warmup): KL warm-up (Bowman et al. 2016, section 3.1)."""
+    beta, start = _weight(spec, "beta", 1.0), _weight(spec, "start", 0.0)
+    warmup = _duration(spec, "warmup", steps_per_epoch)
+    return lambda step: start + (beta - start) * min(1.0, step / warmup)
+
+
+def _cyclical(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
+    """Repeated warm-ups: tau = (step mod L) / L, beta(tau) = start + (beta - start) * min(1, tau / R).
+
+    Fu et al. (2019), eq. 5, with cycle length L = T / M and ratio R; after `cycles` (M) cycles, if given,
+    the weight stays at beta.
+    """
+    beta, start = _weight(spec, "beta", 1.0), _weight(spec, "start", 0.0)
+    length = _duration(spec, "cycle", steps_per_epoch)
+    ratio, cycles = spec.get("ratio", 0.5), spec.get("cycles")
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+        raise VaelabError(f"train.kl_weight.ratio = {ratio!r} must lie in (0, 1]: fix it")
+    if cycles is not None and (isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1):
+        raise VaelabError(f"train.kl_weight.cycles = {cycles!r} must be a positive integer (or left out): fix it")
+    rise = ratio * length
+    end = math.inf if cycles is None else cycles * length
+
+    def weight(step: int) -> float:
+        return beta if step >= end else start + (beta - start) * min(1.0, (step % length) / rise)
+
+    return weight
+
+
+# kind -> (builder, the keys it accepts besides `kind`)
+KINDS: dict[str, tuple[Callable[[dict[str, Any], int | None], Schedule], frozenset[str]]] = {
+    "constant": (_constant, frozenset({"beta"})),
+    "linear": (_linear, frozenset({"beta", "start", "warmup_steps", "warmup_epochs"})),
+    "cyclical": (_cyclical, frozenset({"beta", "start", "cycle_steps", "cycle_epochs", "ratio", "cycles"})),
+}
+
+
+def kl_schedule(spec: dict[str, Any] | None, steps_per_epoch: int | None = None) -> Schedule:
+    """Validate a `train.kl_weight` mapping once and return step -> beta (a plain float, cheap per step)."""
+    spec = {"kind": "constant", **(spec or {})}
+    kind = spec["kind"]
+    if kind not in KINDS:
+        raise VaelabError(f"unknown train.kl_weight.kind {kind!r}: choose one of {', '.join(KINDS)}")
+    build, keys = KINDS[kind]
+    unknown = sorted(set(spec) - keys - {"kind"})
+    if unknown:
+        raise VaelabError(f"unknown key(s) {', '.join(unknown)} in train.kl_weight of kind {kind!r}: "
+                          f"valid keys are kind, {', '.join(sorted(keys))}")
+    return build(spec, steps_per_epoch)
+
+
+def kl_weight(spec: dict[str, Any] | None, step: int, steps_per_epoch: int | None = None) -> float:
+    """beta at optimizer step `step` (0-based) under the schedule `spec`."""
+    return kl_schedule(spec, steps_per_epoch)(step)
