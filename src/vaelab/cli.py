@@ -35,36 +35,65 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_model
-    from .run import open_run, write_json
+    from .pipeline import evaluate_run
+    from .run import open_run
 
     run = open_run(args.run, args.device)
-    k = run.cfg.eval.iw_samples if args.iw_samples is None else args.iw_samples
-    metrics = evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress=not args.quiet)
-    path = Path(args.run) / "eval.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, old | metrics)
+    metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet)
     print(json.dumps(metrics, indent=2))
 
-
 def cmd_sample(args: argparse.Namespace) -> None:
-    from .plots import save_grid
+    from .pipeline import sample_grid
     from .run import open_run
-    from .sampling import reconstruct, sample
 
     run = open_run(args.run, args.device)
-    gen = torch.Generator(run.device).manual_seed(args.seed)
-    torch.manual_seed(args.seed)
-    if args.reconstruct:
-        x = run.data.x_test[: args.n]
-        images = torch.stack([x, reconstruct(run.model, x, args.mode, gen)], 1).flatten(0, 1)  # [2n, P] pairs
-        title = f"test digits (odd columns) and their reconstructions, mode={args.mode}"
-    else:
-        images = sample(run.model, args.n, args.mode, generator=gen)
-        title = f"{args.n} samples, z ~ prior, mode={args.mode}"
-    out = Path(args.out or Path(args.run) / "fig" / f"{'recon' if args.reconstruct else 'samples'}_{args.mode}.png")
-    save_grid(images, run.model.image_shape, out, title)
+    out = sample_grid(run, args.run, args.n, args.mode, args.prior, args.reconstruct, args.seed, args.out)
     print(f"wrote {out}")
+
+def cmd_classifier(args: argparse.Namespace) -> None:
+    from .classifier import save_classifier, train_classifier
+
+    out = Path(args.out or f"{Path(args.data).stem}_cnn.safetensors")
+    model, info = train_classifier(args.data, args.epochs, args.seed, args.batch_size, device=args.device,
+                                   quiet=args.quiet)
+    info["command"] = (f"OMP_NUM_THREADS={torch.get_num_threads()} vaelab classifier train --data {args.data} "
+                       f"--epochs {args.epochs} --seed {args.seed} --batch-size {args.batch_size} "
+                       f"--device {args.device} --out {out}")
+    save_classifier(model, out, info)
+    print(json.dumps(info, indent=2))
+    print(f"classifier written to {out}", file=sys.stderr)
+
+
+def cmd_quality(args: argparse.Namespace) -> None:
+    from .pipeline import quality_run
+    from .run import open_run
+
+    run = open_run(args.run, args.device)
+    scores = quality_run(run, args.run, args.n, args.mode, args.prior, args.classifier, args.k, args.seed)
+    print(json.dumps(scores, indent=2))
+
+def cmd_fit_density(args: argparse.Namespace) -> None:
+    from .density import fit_run_density, json_summary, parse_components
+    from .figures_latent import write_latent_figures
+    from .run import open_run
+
+    components = parse_components(args.components)
+    run = open_run(args.run, args.device)
+    density, codes, curve = fit_run_density(run, args.run, components, args.covariance, args.seed)
+    print(json_summary(density, codes, curve))
+    print(f"wrote {Path(args.run) / 'density.npz'}")
+    if not args.no_figures:
+        labels = run.data.y_train.cpu().numpy()
+        for path in write_latent_figures(args.run, codes, labels, density, args.seed):
+            print(f"wrote {path}")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .reproduce import Settings, reproduce
+
+    settings = Settings(Path(args.out), args.quick, args.data, args.epochs, args.device, args.force,
+                        args.iw_samples, args.quality_samples, list(args.set))
+    print(f"report written to {reproduce(settings)}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,9 +112,17 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="test ELBO, KL, reconstruction and IW log-likelihood -> eval.json")
+    e = sub.add_parser("evaluate", help="test ELBO, KL, reconstruction and IW log-likelihood -> eval.json",
+                       description="iw_loglik is the importance-weighted estimate of log p(x), a stochastic lower "
+                       "bound in expectation for every model. An autoencoder is scored under the mixture of "
+                       "`vaelab fit-density` (p(z) = GMM) by importance sampling from a defensive proposal "
+                       "(a Laplace Gaussian fitted around each input's code, widened by a factor chosen on "
+                       "validation images, mixed with the GMM); it has no ELBO or KL (null), and "
+                       "rec = log p(x|z(x)) at its code.")
     e.add_argument("run")
     e.add_argument("--iw-samples", type=int, help="K importance samples (default: the config's, 5000)")
+    e.add_argument("--exact", action="store_true",
+                   help="also exact log p(x) by enumerating all 2^D codes (Bernoulli latents, D <= 20; slow past ~12)")
     e.add_argument("--device", default="auto")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
@@ -98,11 +135,99 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="PNG path (default RUN/fig/samples_MODE.png)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--prior", choices=("normal", "gmm"),
+                   help="normal: the model's own p(z) (default for VAEs); gmm: the mixture of `vaelab fit-density` "
+                        "(default for autoencoders)")
     s.set_defaults(func=cmd_sample)
+
+    f = sub.add_parser("fit-density", help="fit a Gaussian mixture to the training codes -> RUN/density.npz",
+                       description="Encode the training set (an AE's code, a VAE's posterior mean; dynamically "
+                       "binarized images are drawn once with data.eval_seed), fit scikit-learn's GaussianMixture "
+                       "(the seed's eq. 13) and store it as plain arrays in RUN/density.npz; with --components auto "
+                       "K minimises BIC (curve in RUN/bic.json). Also writes RUN/fig/latent_codes*.png. "
+                       "Then `vaelab sample RUN --prior gmm` decodes mixture samples and `vaelab evaluate RUN` "
+                       "scores an autoencoder under it.")
+    f.add_argument("run")
+    f.add_argument("--components", default="20", help="number of mixture components K, or auto (BIC, K <= 50)")
+    f.add_argument("--covariance", default="full", choices=("full", "diag", "tied", "spherical"))
+    f.add_argument("--seed", type=int, default=0, help="seed of EM's k-means initialisation and of the figures")
+    f.add_argument("--no-figures", action="store_true", help="skip the latent-space figures")
+    f.add_argument("--device", default="auto")
+    f.set_defaults(func=cmd_fit_density)
+
+    c = sub.add_parser("classifier", help="train the digit classifier whose features `vaelab quality` uses")
+    c.add_argument("action", choices=["train"])
+    c.add_argument("--data", default="mnist", help="mnist | digits | PATH (the shipped file is --data mnist)")
+    c.add_argument("--epochs", type=int, default=6)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--device", default="cpu", help="cpu (reproduces the shipped weights) | cuda")
+    c.add_argument("--out", help="safetensors path (default DATA_cnn.safetensors)")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_classifier)
+
+    q = sub.add_parser("quality", help="FID on classifier features, precision/recall, digit coverage -> eval.json")
+    q.add_argument("run")
+    q.add_argument("--n", type=int, default=10000, help="samples to draw (the test set has 10,000 images)")
+    q.add_argument("--mode", default="bernoulli", help="bernoulli | threshold | probs")
+    q.add_argument("--prior", choices=["normal", "gmm"],
+                   help="normal: the model's own p(z) (VAE default); gmm: RUN/density.npz from `vaelab fit-density` "
+                        "(autoencoder default)")
+    q.add_argument("--classifier", help="classifier weights (default: the shipped 28x28 MNIST one)")
+    q.add_argument("--k", type=int, default=3, help="neighbours of the precision/recall manifolds")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=cmd_quality)
+
+    g = sub.add_parser("gradvar", help="gradient bias and variance of estimators on a fixed batch -> JSON + PNG",
+                       description="Draws each estimator's encoder gradient many times on a fixed binarized "
+                       "training batch and compares it with the exact gradient of the ELBO (enumeration of all "
+                       "2^D codes when D <= 16, else a high-draw RLOO reference).")
+    g.add_argument("source", metavar="CONFIG_OR_RUN", help="a YAML config (initial parameters) or a run directory")
+    g.add_argument("--estimators", default="sfe,sfe-avg,nvil,rloo,disarm,gumbel", help="comma-separated names")
+    g.add_argument("--draws", type=int, default=1000)
+    g.add_argument("--batch", type=int, help="images in the fixed batch (default: the config's batch size)")
+    g.add_argument("--warmup", type=int, default=100,
+                   help="steps training fresh estimators' baselines on the batch before measuring (model fixed)")
+    g.add_argument("--data", help="override data.source: mnist | digits | PATH")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    g.add_argument("--out", help="output folder (default RUN/gradvar or runs/<config name>/gradvar)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_gradvar)
+
+    r = sub.add_parser("reproduce", help="the whole study: train, evaluate, every figure, report.html")
+    r.add_argument("--out", default="reports/study", help="output directory (default reports/study)")
+    r.add_argument("--quick", action="store_true", help="short training and small K: minutes on a CPU")
+    r.add_argument("--data", help="override every model's data: mnist | digits | PATH")
+    r.add_argument("--epochs", type=int, help="override every model's epochs")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--force", action="store_true", help="retrain every model")
+    r.add_argument("--iw-samples", type=int, help="K for the IW log-likelihood (default: 200 quick, else 5000)")
+    r.add_argument("--quality-samples", type=int, default=10000, help="samples scored (quick: at most 2000)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every model")
+    r.set_defaults(func=cmd_reproduce)
 
     lst = sub.add_parser("list", help="list the registered latent families, estimators and networks")
     lst.set_defaults(func=cmd_list)
     return p
+
+
+def cmd_gradvar(args: argparse.Namespace) -> None:
+    from .gradcheck import format_table, gradvar, plot_gradvar
+    from .run import write_json
+
+    if args.draws < 2:
+        raise VaelabError(f"--draws {args.draws}: need at least 2 draws to measure a variance")
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()]
+    result, default_out = gradvar(args.source, names, args.draws, args.batch, args.warmup, args.set,
+                                  args.device, args.seed, args.data)
+    out = Path(args.out or default_out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "gradvar.json", result)
+    plot_gradvar(result, out / "gradvar.png")
+    print(format_table(result))
+    print(f"wrote {out / 'gradvar.json'} and {out / 'gradvar.png'}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:

@@ -19,12 +19,14 @@ ROWS_PER_CHUNK = 1 << 15
 
 @torch.no_grad()
 def elbo_terms(model: VAE, x: Tensor, batch_size: int = 1000) -> dict[str, Tensor]:
-    """Per-example ELBO = E_q[log p(x|z)] - KL (seed eq. 3), one z per image, analytic KL: {elbo, rec, kl} [N]."""
+    """Per-example ELBO = E_q[log p(x|z)] - KL (seed eq. 3), one z per image, analytic KL (or, for families
+    without one, log q(z|x) - log p(z) at the same z): {elbo, rec, kl} [N]."""
     parts: dict[str, list[Tensor]] = {"elbo": [], "rec": [], "kl": []}
     for xb in x.split(batch_size):
         q = model.posterior(xb)
-        rec = model.likelihood(q.sample()).log_prob(xb)  # [B]
-        kl = torch.zeros_like(rec) if isinstance(q, PointMass) else model.kl(q)  # [B]; an AE's code: no KL (eq. 12)
+        z = q.sample()                                   # [B, D]
+        rec = model.likelihood(z).log_prob(xb)           # [B]
+        kl = torch.zeros_like(rec) if isinstance(q, PointMass) else model.latent.kl_at(q, z)  # [B]; AE: no KL (eq. 12)
         for k, v in (("elbo", rec - kl), ("rec", rec), ("kl", kl)):
             parts[k].append(v)
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -69,7 +71,8 @@ def summarize(per_example: dict[str, Tensor]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_autoencoder(model: VAE, x: Tensor, proposal: Callable[[Tensor], Distribution] | None,
-                         iw_samples: int = 5000, batch_size: int = 500, progress: bool = False) -> dict[str, float | None]:
+                         iw_samples: int = 5000, batch_size: int = 500,
+                         progress: bool = False) -> dict[str, float | None]:
     """An autoencoder whose `prior()` is a fitted density (density.WithPrior): `rec` = log p(x|z(x)) at its code
     (seed eq. 12) and `iw_loglik` = log p(x) by importance sampling from `proposal`, the VAEs' field, likewise a
     stochastic lower bound in expectation (`proposal` is needed when iw_samples > 0: density.fit_proposal).

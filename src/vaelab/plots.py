@@ -52,3 +52,23 @@ def save_grid(images: Tensor | np.ndarray, image_shape: tuple[int, int], path: s
     if title:
         ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_curves(histories: dict[str, list[dict]], keys: dict[str, str], ylabel: str, path: str | Path,
+                title: str) -> Path:
+    """Per-epoch curves from metrics.jsonl rows, every run on shared axes: `keys` maps a row key to a line style
+    label, e.g. {"valid_kl": "valid", "train_kl": "train"}."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    styles = ["-", "--", ":"]
+    for color, (label, rows) in zip(plt.cm.tab10.colors, histories.items(), strict=False):
+        for style, (key, what) in zip(styles, keys.items(), strict=False):
+            points = [(r["epoch"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, color=color, marker="o", markersize=3,
+                        label=f"{label} ({what})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

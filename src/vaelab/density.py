@@ -1,0 +1,427 @@
+"""Ex-post latent densities: a Gaussian mixture fitted by EM to the codes of the training set (the seed's
+section 4, eq. 13) turns a deterministic autoencoder into a generative model, and gives any model with a
+continuous code an alternative prior (ex-post density estimation, Ghosh et al. 2020).
+
+`GMMDensity` wraps scikit-learn's `GaussianMixture` (fit / score_samples / sample / bic, fitted state with a
+trailing underscore) and exports the same density as a torch `MixtureSameFamily`, so that sampling and
+importance sampling use it like any prior. It is stored as plain arrays in RUN/density.npz, never a pickle.
+
+One likelihood for all models: with the mixture as prior, the autoencoder is the latent-variable model
+p(x) = ∫ GMM(z) prod_i Bern(x_i | omega_i(z)) dz. `WithPrior` gives the trained networks that prior (a thin
+subclass sharing the modules; nothing in the checkpoint changes), and `evaluate.iw_loglik` estimates log p(x)
+with the proposal of `laplace_proposal`: a Gaussian fitted around each input's code (one Gauss-Newton step from
+it, covariance from the local curvature) widened by a factor `fit_proposal` picks on validation images, mixed
+with the GMM itself so that every importance weight stays below 1 / alpha (defensive importance sampling).
+Like the VAEs' estimate it is a stochastic lower bound on log p(x) in expectation, tightening as K grows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+from torch import Tensor
+from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal, constraints
+
+from .data import binarize
+from .errors import VaelabError
+from .evaluate import evaluate_autoencoder, iw_loglik
+from .latents import DeterministicLatent
+from .model import VAE
+from .run import DeviceData, LoadedRun, write_json
+
+FORMAT = "vaelab-gmm-1"
+DENSITY_FILE = "density.npz"
+BIC_FILE = "bic.json"
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+AUTO_COMPONENTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)   # K tried by `--components auto`
+DEFENSIVE_ALPHA = 0.1            # weight of the GMM itself in the proposal: importance weights stay <= 1 / alpha
+PROPOSAL_INFLATIONS = tuple(2 ** (i / 2) for i in range(-2, 7))   # Laplace proposal widening tried: 0.5 ... 8
+PROPOSAL_FIT_IMAGES = 256        # held-out (validation) images used to choose the inflation
+PROPOSAL_FIT_SAMPLES = 64        # importance samples per image while choosing it
+
+
+class GMMDensity:
+    """A Gaussian mixture p(z) = sum_r pi_r N(z | mu_r, Sigma_r) (seed eq. 13), fitted by sklearn's EM.
+
+    Fitted state: weights_ [K], means_ [K, D], covariances_ in sklearn's shape for `covariance_type`
+    (full [K, D, D], tied [D, D], diag [K, D], spherical [K]), converged_ and n_iter_ (NaN / -1 after `load`).
+    """
+
+    def __init__(self, n_components: int = 20, covariance_type: str = "full", seed: int = 0,
+                 max_iter: int = 500, reg_covar: float = 1e-6) -> None:
+        if covariance_type not in COVARIANCE_TYPES:
+            raise VaelabError(f"unknown covariance type {covariance_type!r}: "
+                              f"choose one of {', '.join(COVARIANCE_TYPES)}")
+        if int(n_components) < 1:
+            raise VaelabError(f"n_components={n_components} must be at least 1: give a positive number of components")
+        self.n_components, self.covariance_type, self.seed = int(n_components), covariance_type, seed
+        self.max_iter, self.reg_covar = max_iter, reg_covar
+
+    def fit(self, codes: np.ndarray) -> GMMDensity:
+        """Run EM on codes [N, D]; a run that stops at max_iter is kept and reported by `converged_`."""
+        codes = _check_codes(codes, self.n_components)
+        gm = GaussianMixture(self.n_components, covariance_type=self.covariance_type, max_iter=self.max_iter,
+                             reg_covar=self.reg_covar, random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            try:
+                gm.fit(codes)
+            except ValueError as err:   # sklearn: a collapsed component with an ill-defined covariance
+                raise VaelabError(f"the Gaussian mixture fit failed ({str(err)[:90]}...): use fewer components "
+                                  "or --covariance diag") from err
+        self._set_state(gm.weights_, gm.means_, gm.covariances_)
+        self.converged_, self.n_iter_ = bool(gm.converged_), int(gm.n_iter_)
+        return self
+
+    def _set_state(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> None:
+        """Store the arrays and rebuild sklearn's scorer from them (the same path after `fit` and `load`)."""
+        self.weights_, self.means_, self.covariances_ = (np.asarray(a, np.float64) for a in
+                                                         (weights, means, covariances))
+        self.n_components = len(self.weights_)
+        gm = GaussianMixture(self.n_components, covariance_type=self.covariance_type, random_state=self.seed)
+        gm.weights_, gm.means_, gm.covariances_ = self.weights_, self.means_, self.covariances_
+        gm.precisions_cholesky_ = _precisions_cholesky(self.covariances_, self.covariance_type)
+        gm.n_features_in_ = self.means_.shape[1]
+        self.mixture_ = gm
+        self.converged_, self.n_iter_ = float("nan"), -1
+
+    @property
+    def dim(self) -> int:
+        return self.means_.shape[1]
+
+    def score_samples(self, z: np.ndarray) -> np.ndarray:
+        """log p(z) per row: [N] (sklearn's score_samples)."""
+        return self.mixture_.score_samples(_check_codes(z, 1, self.dim))
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n draws [n, D]: a component by its weight, then its Gaussian (seed section 4), in random order.
+        `seed` defaults to the density's own, so repeated calls give the same draws."""
+        self.mixture_.random_state = self.seed if seed is None else seed
+        z, _ = self.mixture_.sample(n)                     # sklearn returns them grouped by component
+        return z[np.random.default_rng(self.mixture_.random_state).permutation(n)]
+
+    def bic(self, codes: np.ndarray) -> float:
+        """Bayesian information criterion on codes [N, D]; lower is better (sklearn's bic)."""
+        return float(self.mixture_.bic(_check_codes(codes, 1, self.dim)))
+
+    def full_covariances(self) -> np.ndarray:
+        """Covariances expanded to [K, D, D] whatever the covariance type."""
+        k, d, cov = self.n_components, self.dim, self.covariances_
+        if self.covariance_type == "full":
+            return cov.copy()
+        if self.covariance_type == "tied":
+            return np.broadcast_to(cov, (k, d, d)).copy()
+        diag = cov if self.covariance_type == "diag" else np.repeat(cov[:, None], d, axis=1)   # [K, D]
+        return np.einsum("kd,de->kde", diag, np.eye(d))
+
+    def to_torch(self, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> MixtureSameFamily:
+        """The same density as Categorical + MultivariateNormal in torch (log_prob equals score_samples)."""
+        tril = np.linalg.cholesky(self.full_covariances())                    # [K, D, D], in float64
+        as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)        # noqa: E731
+        return MixtureSameFamily(Categorical(probs=as_t(self.weights_)),
+                                 MultivariateNormal(as_t(self.means_), scale_tril=as_t(tril)))
+
+    def save(self, path: str | Path) -> Path:
+        """Write plain arrays to an .npz (temp file + rename): weights, means, covariances, type, format tag."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, format=np.array(FORMAT), covariance_type=np.array(self.covariance_type),
+                     seed=np.array(self.seed), weights=self.weights_, means=self.means_, covariances=self.covariances_)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> GMMDensity:
+        """Read a file written by `save`; a missing, damaged or foreign file is a VaelabError naming the fix."""
+        path = Path(path)
+        if not path.is_file():
+            raise VaelabError(f"no fitted density at {path}: run `vaelab fit-density {path.parent}` first")
+        fix = f"refit it with `vaelab fit-density {path.parent}`"
+        try:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:   # our handle: closed on errors
+                arrays = {k: f[k] for k in ("format", "covariance_type", "seed", "weights", "means", "covariances")}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+            raise VaelabError(f"{path} is damaged or not a vaelab density ({type(err).__name__}): {fix}") from err
+        if str(arrays["format"]) != FORMAT:
+            raise VaelabError(f"{path} is not a vaelab density (format {str(arrays['format'])!r}): {fix}")
+        try:
+            density = cls(len(arrays["weights"]), str(arrays["covariance_type"]), int(arrays["seed"]))
+            _check_state(arrays["weights"], arrays["means"], arrays["covariances"], density.covariance_type)
+            density._set_state(arrays["weights"], arrays["means"], arrays["covariances"])
+        except (ValueError, TypeError, IndexError, np.linalg.LinAlgError, VaelabError) as err:
+            raise VaelabError(f"{path} holds an invalid mixture ({str(err)[:80]}): {fix}") from err
+        return density
+
+    def __repr__(self) -> str:
+        return f"GMMDensity(n_components={self.n_components}, covariance_type={self.covariance_type!r})"
+
+
+def _check_codes(codes: np.ndarray, n_components: int, dim: int | None = None) -> np.ndarray:
+    """Codes as a finite float64 [N, D] array with at least `n_components` rows (and D == dim when given)."""
+    if isinstance(codes, Tensor):
+        codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes, dtype=np.float64)
+    if codes.ndim != 2 or (dim is not None and codes.shape[1] != dim):
+        raise VaelabError(f"codes must be an [N, {dim or 'D'}] array, got shape {codes.shape}: pass one code per row")
+    if not np.isfinite(codes).all():
+        raise VaelabError("codes contain NaN or infinity: the encoder diverged; retrain with a lower train.lr")
+    if len(codes) < n_components:
+        raise VaelabError(f"{len(codes)} codes cannot fit {n_components} components: use fewer components")
+    return codes
+
+
+def _check_state(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray, covariance_type: str) -> None:
+    """Refuse arrays whose shapes or values cannot be a mixture of this covariance type."""
+    k, d = means.shape
+    shapes = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+    if weights.shape != (k,) or covariances.shape != shapes[covariance_type]:
+        raise ValueError(f"shapes weights {weights.shape}, means {means.shape}, covariances {covariances.shape}")
+    if not (np.isfinite(weights).all() and np.isfinite(means).all() and np.isfinite(covariances).all()):
+        raise ValueError("non-finite values")
+    if (weights < 0).any() or abs(weights.sum() - 1.0) > 1e-6:
+        raise ValueError("weights do not sum to 1")
+
+
+def _precisions_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """sklearn's precisions_cholesky_ from covariances (as in sklearn.mixture._compute_precision_cholesky)."""
+    def inv_chol(cov: np.ndarray) -> np.ndarray:
+        chol = scipy.linalg.cholesky(cov, lower=True)
+        return scipy.linalg.solve_triangular(chol, np.eye(len(cov)), lower=True).T
+
+    if covariance_type == "full":
+        return np.stack([inv_chol(c) for c in covariances])
+    if covariance_type == "tied":
+        return inv_chol(covariances)
+    if (covariances <= 0).any():
+        raise ValueError("non-positive variances")
+    return 1.0 / np.sqrt(covariances)
+
+
+def select_components(codes: np.ndarray, candidates: Iterable[int] = AUTO_COMPONENTS, covariance_type: str = "full",
+                      seed: int = 0) -> tuple[int, dict[int, float]]:
+    """Fit one mixture per K and return (K with the lowest BIC, {K: BIC}) for `--components auto`."""
+    codes = _check_codes(codes, 1)
+    ks = sorted({int(k) for k in candidates if 1 <= int(k) <= len(codes)})
+    if not ks:
+        raise VaelabError(f"no candidate number of components fits {len(codes)} codes: give smaller candidates")
+    curve = {k: GMMDensity(k, covariance_type, seed).fit(codes).bic(codes) for k in ks}
+    return min(curve, key=curve.get), curve
+
+
+# ----- the mixture as a prior in torch: sampling and importance sampling --------------------------------------
+
+
+class WithPrior(VAE):
+    """The same networks (shared, not copied) with another prior p(z): log_joint, sampling and IS use it."""
+
+    def __init__(self, model: VAE, prior: Distribution) -> None:
+        super().__init__(model.encoder, model.decoder, model.latent, model.image_shape)
+        self.fitted_prior = prior          # a plain attribute: a Distribution is not a module and is not saved
+        self.train(model.training)
+
+    def prior(self) -> Distribution:
+        return self.fitted_prior
+
+
+class DefensiveMixture(Distribution):
+    """q(z) = (1 - alpha) local(z) + alpha prior(z) (defensive importance sampling, Hesterberg 1995).
+
+    `local` has batch [B] and event [D]; `prior` has event [D]. With this q every importance weight is bounded:
+    p(x, z) / q(z) <= prior(z) p(x|z) / (alpha prior(z)) = p(x|z) / alpha <= 1 / alpha.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+
+    def __init__(self, local: Distribution, prior: Distribution, alpha: float = DEFENSIVE_ALPHA) -> None:
+        if not 0.0 < alpha < 1.0:
+            raise VaelabError(f"defensive weight alpha={alpha} must lie strictly between 0 and 1")
+        self.local, self.prior, self.alpha = local, prior, alpha
+        super().__init__(local.batch_shape, local.event_shape, validate_args=False)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        z_local = self.local.sample(sample_shape)                                      # [*S, B, D]
+        z_prior = self.prior.sample(shape)                                             # [*S, B, D]
+        from_prior = torch.rand(shape, device=z_local.device) < self.alpha             # [*S, B]
+        return torch.where(from_prior[..., None], z_prior.to(z_local), z_local)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return torch.logaddexp(math.log1p(-self.alpha) + self.local.log_prob(z),
+                               math.log(self.alpha) + self.prior.log_prob(z))          # [*S, B]
+
+
+@torch.no_grad()
+def laplace_precision(model: VAE, z: Tensor) -> Tensor:
+    """-Hessian of log p(x, z) = log GMM(z) + log p(x|z) at z [B, D], in the Gauss-Newton form: [B, D, D].
+
+    Likelihood part: J^T diag(omega (1 - omega)) J with J the Jacobian of the decoder's logits (the Bernoulli
+    Fisher; exact for piecewise-linear ReLU decoders, positive semi-definite for any). Prior part: the component
+    precisions of `model.prior()` (a Gaussian mixture) weighted by their responsibility for z (positive definite).
+    """
+    prior = model.prior()
+    comp = prior.component_distribution
+    with warnings.catch_warnings():   # torch 2.13's forward-mode AD loads decompositions via deprecated jit.script
+        warnings.filterwarnings("ignore", message=".*torch.jit.script", category=DeprecationWarning)
+        jac = torch.func.vmap(torch.func.jacfwd(model.decoder))(z)                      # [B, P, D]
+    probs = model.decode_probs(z)                                                      # [B, P]
+    fisher = torch.einsum("bpd,bp,bpe->bde", jac, probs * (1 - probs), jac)             # [B, D, D]
+    resp = torch.softmax(prior.mixture_distribution.logits + comp.log_prob(z[:, None]), -1)   # [B, K]
+    return fisher + torch.einsum("bk,kde->bde", resp, comp.precision_matrix)
+
+
+@torch.no_grad()
+def laplace_fit(model: VAE, x: Tensor, newton_steps: int = 1) -> tuple[Tensor, Tensor]:
+    """Gaussian approximation of p(z|x) ∝ GMM(z) p(x|z) for x [B, P]: from the encoder's code, `newton_steps`
+    Gauss-Newton steps towards the posterior mode, then the precision there. Returns (loc [B, D], precision)."""
+    z = model.posterior(x).mean                                                        # [B, D]
+    for _ in range(newton_steps):
+        grad = torch.func.grad(lambda v: model.log_joint(x, v).sum())(z)               # [B, D]; rows independent
+        z = z + torch.linalg.solve(laplace_precision(model, z), grad)                  # [B, D]
+    return z, laplace_precision(model, z)
+
+
+def laplace_proposal(model: VAE, inflation: float = 1.0, alpha: float = DEFENSIVE_ALPHA,
+                     newton_steps: int = 1) -> Callable[[Tensor], Distribution]:
+    """x -> (1 - alpha) N(z; m(x), inflation^2 H(x)^-1) + alpha GMM(z), with (m, H) from `laplace_fit`.
+
+    A Gaussian fitted around each input's code (one Newton step from it, with the posterior's local shape),
+    widened by `inflation` and made defensive by the mixture itself (see DefensiveMixture). `model.prior()`
+    must be the fitted mixture (see WithPrior).
+    """
+    def proposal(x: Tensor) -> Distribution:
+        loc, precision = laplace_fit(model, x, newton_steps)                           # [B, D], [B, D, D]
+        local = MultivariateNormal(loc, precision_matrix=precision / inflation**2)
+        return DefensiveMixture(local, model.prior(), alpha)
+
+    return proposal
+
+
+def fit_proposal(model: VAE, x: Tensor, inflations: Sequence[float] = PROPOSAL_INFLATIONS,
+                 k: int = PROPOSAL_FIT_SAMPLES, alpha: float = DEFENSIVE_ALPHA,
+                 seed: int = 0) -> tuple[Callable[[Tensor], Distribution], float, dict[float, float]]:
+    """Choose the Laplace proposal's inflation by the mean IS estimate on held-out images x [B, P].
+
+    `model.prior()` must be the mixture (see WithPrior). Any inflation gives a valid estimator; since the estimate
+    is a lower bound in expectation, the largest is the tightest. Returns (proposal, inflation, {inflation: mean}).
+    """
+    devices = [x.device] if x.device.type == "cuda" else []
+    curve = {}
+    for inflation in inflations:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            proposal = laplace_proposal(model, inflation, alpha)
+            curve[inflation] = iw_loglik(model, x, k, batch_size=len(x), proposal=proposal).mean().item()
+    best = max(curve, key=curve.get)
+    return laplace_proposal(model, best, alpha), best, curve
+
+
+# ----- run directories: the codes of a run, its stored density, and the prior for `vaelab sample` -------------
+
+
+def encode(model: VAE, x: Tensor, batch_size: int = 1000) -> np.ndarray:
+    """Continuous codes [N, D] float64: the AE's code or a VAE's posterior mean (the point Ghosh et al. fit)."""
+    if model.latent.discrete:
+        raise VaelabError(f"latent family {type(model.latent).__name__} has discrete codes; a Gaussian mixture "
+                          "needs continuous ones: fit-density works on gaussian and deterministic latents")
+    with torch.no_grad():
+        return torch.cat([model.posterior(xb).mean for xb in x.split(batch_size)]).double().cpu().numpy()
+
+
+def training_images(data: DeviceData, eval_seed: int) -> Tensor:
+    """Binary training images [N, P]: under dynamic binarization one Bernoulli draw seeded by `eval_seed` (the
+    config's data.eval_seed), so the codes and the fitted mixture are reproducible; otherwise the run's fixed draw."""
+    if data.binarize != "dynamic":
+        return data.x_train
+    return binarize(data.x_train.cpu(), "dynamic", torch.Generator().manual_seed(eval_seed)).to(data.x_train.device)
+
+
+def load_run_density(run_dir: str | Path) -> GMMDensity:
+    """The mixture fitted by `vaelab fit-density RUN`."""
+    return GMMDensity.load(Path(run_dir) / DENSITY_FILE)
+
+
+def fit_run_density(run: LoadedRun, run_dir: str | Path, components: int | str = 20, covariance_type: str = "full",
+                    seed: int = 0) -> tuple[GMMDensity, np.ndarray, dict[int, float] | None]:
+    """Encode the training set, fit the mixture (K by BIC when components == "auto"), write RUN/density.npz
+    (and RUN/bic.json for auto). Returns (density, codes [N, D], BIC curve or None)."""
+    codes = encode(run.model, training_images(run.data, run.cfg.data.eval_seed))
+    curve = None
+    if components == "auto":
+        components, curve = select_components(codes, AUTO_COMPONENTS, covariance_type, seed)
+        write_json(Path(run_dir) / BIC_FILE, {"covariance_type": covariance_type, "best_k": components,
+                                              "bic": {str(k): v for k, v in curve.items()}})
+    density = GMMDensity(int(components), covariance_type, seed).fit(codes)
+    density.save(Path(run_dir) / DENSITY_FILE)
+    return density, codes, curve
+
+
+def parse_components(text: str) -> int | str:
+    """`--components`: a positive integer, or "auto" (K by BIC over AUTO_COMPONENTS)."""
+    if text == "auto":
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise VaelabError(f"--components {text!r} is neither a positive integer nor auto: e.g. --components 20")
+    return k
+
+
+def sampling_prior(run: LoadedRun, run_dir: str | Path, choice: str | None) -> tuple[Distribution, str, str]:
+    """(p(z), choice, label) for `vaelab sample --prior`: normal = the model's own prior (default for VAEs),
+    gmm = the fitted mixture (default for autoencoders, which have no prior of their own)."""
+    is_ae = isinstance(run.model.latent, DeterministicLatent)
+    choice = choice or ("gmm" if is_ae else "normal")
+    if choice == "normal":
+        if is_ae:
+            raise VaelabError("an autoencoder has no prior of its own: use --prior gmm after "
+                              f"`vaelab fit-density {run_dir}`")
+        return run.model.prior(), choice, "prior p(z)"
+    if choice != "gmm":
+        raise VaelabError(f"unknown prior {choice!r}: choose normal or gmm")
+    density = load_run_density(run_dir)
+    return density.to_torch(run.device), choice, f"GMM (K={density.n_components}, {density.covariance_type})"
+
+
+def evaluate_autoencoder_run(run: LoadedRun, run_dir: str | Path, iw_samples: int,
+                             progress: bool = False, seed: int = 0) -> dict:
+    """`vaelab evaluate` for an autoencoder: test `rec` and `iw_loglik` = log p(x) under the fitted mixture, by
+    importance sampling from `laplace_proposal`, its inflation chosen on validation images (never test ones).
+    Like the VAEs' `iw_loglik`, a stochastic lower bound on log p(x) in expectation."""
+    if iw_samples <= 0:
+        return evaluate_autoencoder(run.model, run.data.x_test, None, 0, run.cfg.eval.batch_size)
+    density = load_run_density(run_dir)
+    model = WithPrior(run.model, density.to_torch(run.device))
+    proposal, inflation, _ = fit_proposal(model, run.data.x_valid[:PROPOSAL_FIT_IMAGES], seed=seed)
+    torch.manual_seed(seed)
+    metrics = evaluate_autoencoder(model, run.data.x_test, proposal, iw_samples, run.cfg.eval.batch_size, progress)
+    return metrics | {"prior": "gmm", "gmm_components": density.n_components,
+                      "gmm_covariance": density.covariance_type, "proposal": "laplace+gmm",
+                      "proposal_alpha": DEFENSIVE_ALPHA, "proposal_inflation": inflation}
+
+
+def json_summary(density: GMMDensity, codes: np.ndarray, curve: dict[int, float] | None) -> str:
+    """A short JSON summary of a fit for the command line."""
+    out = {"n_components": density.n_components, "covariance_type": density.covariance_type,
+           "n_codes": len(codes), "dim": density.dim, "converged": density.converged_, "n_iter": density.n_iter_,
+           "mean_log_density": float(density.score_samples(codes).mean()), "bic": density.bic(codes)}
+    if curve is not None:
+        out["bic_curve"] = {str(k): round(v, 2) for k, v in curve.items()}
+        if density.n_components == max(curve):
+            out["note"] = "BIC is still falling at the largest K tried: the best K may be larger"
+    return json.dumps(out, indent=2)

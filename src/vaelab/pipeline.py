@@ -1,0 +1,89 @@
+"""Run-level steps shared by the CLI and `vaelab reproduce`: evaluate, draw a sample grid, score sample quality.
+
+Each takes an opened run (`run.open_run`) and its directory, and merges what it measures into RUN/eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .latents import DeterministicLatent
+from .run import LoadedRun, write_json
+
+
+def merge_eval(run_dir: str | Path, values: dict[str, Any]) -> None:
+    """Merge `values` into RUN/eval.json (atomic write)."""
+    path = Path(run_dir) / "eval.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, old | values)
+
+
+def is_autoencoder(run: LoadedRun) -> bool:
+    return isinstance(run.model.latent, DeterministicLatent)
+
+
+def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = None, exact: bool = False,
+                 progress: bool = False) -> dict[str, Any]:
+    """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture), optionally exact log p(x)."""
+    from .evaluate import evaluate_model, summarize
+
+    k = run.cfg.eval.iw_samples if iw_samples is None else iw_samples
+    if is_autoencoder(run):
+        from .density import evaluate_autoencoder_run
+
+        metrics = evaluate_autoencoder_run(run, run_dir, k, progress=progress)
+    else:
+        metrics = evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress=progress)
+    if exact:   # log p(x) by enumerating all 2^D codes: small Bernoulli latents only
+        from .exact import exact_loglik
+
+        metrics |= summarize({"exact_loglik": exact_loglik(run.model, run.data.x_test, run.cfg.eval.batch_size,
+                                                           progress=progress)})
+    merge_eval(run_dir, metrics)
+    return metrics
+
+
+def sample_grid(run: LoadedRun, run_dir: str | Path, n: int = 100, mode: str = "bernoulli",
+                prior: str | None = None, reconstruct: bool = False, seed: int = 0,
+                out: str | Path | None = None) -> Path:
+    """A PNG grid of prior samples (or of test digits beside their reconstructions) in RUN/fig/ by default."""
+    from .density import sampling_prior
+    from .plots import save_grid
+    from .sampling import reconstruct as reconstruct_images
+    from .sampling import sample
+
+    gen = torch.Generator(run.device).manual_seed(seed)
+    torch.manual_seed(seed)
+    if reconstruct:
+        x = run.data.x_test[:n]
+        images = torch.stack([x, reconstruct_images(run.model, x, mode, gen)], 1).flatten(0, 1)  # [2n, P] pairs
+        title, name = f"test digits (odd columns) and their reconstructions, mode={mode}", "recon"
+    else:
+        p_z, choice, label = sampling_prior(run, run_dir, prior)
+        images = sample(run.model, n, mode, prior=p_z, generator=gen)
+        title, name = f"{n} samples, z ~ {label}, mode={mode}", "samples_gmm" if choice == "gmm" else "samples"
+    out = Path(out or Path(run_dir) / "fig" / f"{name}_{mode}.png")
+    return save_grid(images, run.model.image_shape, out, title, ncol=20 if reconstruct else None)
+
+
+def quality_run(run: LoadedRun, run_dir: str | Path, n: int = 10000, mode: str = "bernoulli",
+                prior: str | None = None, classifier: str | None = None, k: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Sample-quality scores of n samples against the test set, merged into eval.json as quality_MODE_PRIOR."""
+    from .classifier import load_classifier
+    from .density import sampling_prior
+    from .quality import check_shape, quality_scores
+    from .sampling import sample
+
+    net = load_classifier(classifier, run.device)
+    check_shape(net, run.data.x_test, f"test images of {run_dir}")
+    p_z, choice, _ = sampling_prior(run, run_dir, prior)
+    torch.manual_seed(seed)
+    samples = sample(run.model, n, mode, p_z, torch.Generator(run.device).manual_seed(seed))
+    scores = {"mode": mode, "prior": choice, "seed": seed, "classifier": classifier or "shipped mnist_cnn"}
+    scores |= quality_scores(samples, run.data.x_test, net, k)
+    merge_eval(run_dir, {f"quality_{mode}_{choice}": scores})
+    return scores

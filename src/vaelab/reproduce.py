@@ -1,0 +1,181 @@
+"""`vaelab reproduce`: train the study's models, evaluate them, draw every figure of the seed, write the report.
+
+Resumable: a finished stage is skipped, an unfinished training run resumes from its checkpoint; `force` retrains.
+`quick` shortens training and evaluation (labelled as such in the report) to finish in minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import load_config
+from .errors import VaelabError
+from .pipeline import evaluate_run, is_autoencoder, merge_eval, quality_run, sample_grid
+from .run import open_run, read_checkpoint, write_json
+from .train import train
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model of the study: a preset plus overrides, and how the report names it."""
+
+    name: str
+    config: str
+    title: str
+    overrides: tuple[str, ...] = ()
+
+
+STUDY = (
+    Stage("gaussian_vae", "configs/gaussian_vae.yaml", "Gaussian VAE (seed section 2)"),
+    Stage("bernoulli_vae", "configs/bernoulli_vae.yaml", "Bernoulli VAE, the seed's sfe-avg (section 3)"),
+    Stage("bernoulli_vae_disarm", "configs/bernoulli_vae.yaml", "Bernoulli VAE, DisARM estimator",
+          ("estimator.name=disarm", "estimator.kwargs={}")),
+    Stage("ae_gmm", "configs/ae_gmm.yaml", "Autoencoder + 20-component GMM (section 4)"),
+)
+
+
+@dataclass
+class Settings:
+    """What `reproduce` was asked for; `quick` values shorten training and evaluation."""
+
+    out: Path
+    quick: bool = False
+    data: str | None = None
+    epochs: int | None = None
+    device: str = "auto"
+    force: bool = False
+    iw_samples: int | None = None
+    quality_samples: int = 10000
+    extra: list[str] = field(default_factory=list)
+
+    def overrides(self) -> list[str]:
+        out = [f"train.device={self.device}", *self.extra]
+        out += [f"data.source={self.data}"] if self.data else []
+        epochs = self.epochs if self.epochs is not None else (QUICK_EPOCHS if self.quick else None)
+        out += [f"train.epochs={epochs}"] if epochs is not None else []
+        return out
+
+    def eval_samples(self, default: int) -> int:
+        return self.iw_samples if self.iw_samples is not None else (QUICK_IW if self.quick else default)
+
+    def n_quality(self) -> int:
+        return min(self.quality_samples, QUICK_QUALITY) if self.quick else self.quality_samples
+
+
+QUICK_EPOCHS, QUICK_IW, QUICK_QUALITY = 5, 200, 2000
+
+
+def log(msg: str) -> None:
+    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+
+
+def train_stage(stage: Stage, s: Settings, run_dir: Path) -> None:
+    """Train, resume an interrupted run, or skip a finished one."""
+    cfg = load_config(stage.config, [*stage.overrides, *s.overrides()])
+    cfg.name = stage.name
+    if (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.old").exists():
+        saved, _, state = read_checkpoint(run_dir)
+        saved.train.device = cfg.train.device
+        if saved != cfg:
+            raise VaelabError(f"{run_dir} holds a run trained with other settings (quick vs full, --data or "
+                              "--epochs): rerun with --force to retrain, or choose another --out")
+        if state["epoch"] >= cfg.train.epochs:
+            log(f"{stage.name}: trained ({state['epoch']} epochs), skipping")
+            return
+        log(f"{stage.name}: resuming at epoch {state['epoch'] + 1}/{cfg.train.epochs}")
+        train(None, run_dir, resume=True)
+        return
+    if run_dir.exists():   # a run that died before its first checkpoint: nothing worth keeping
+        shutil.rmtree(run_dir)
+    log(f"{stage.name}: training {cfg.train.epochs} epochs ({cfg.estimator.name} estimator)")
+    train(cfg, run_dir)
+
+
+def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
+    """Evaluate, draw the figures and score samples; skipped when eval.json says it was done with these settings."""
+    signature = {"quick": s.quick, "iw_samples": s.iw_samples, "quality_samples": s.n_quality()}
+    eval_path = run_dir / "eval.json"
+    if eval_path.is_file():
+        done = json.loads(eval_path.read_text())
+        if done.get("reproduce") == signature:
+            log(f"{stage.name}: evaluated, skipping")
+            return done
+    run = open_run(run_dir, s.device)
+    k = s.eval_samples(run.cfg.eval.iw_samples)
+    if is_autoencoder(run):
+        from .density import fit_run_density
+        from .figures_latent import write_latent_figures
+
+        log(f"{stage.name}: fitting the 20-component Gaussian mixture to the training codes")
+        density, codes, _ = fit_run_density(run, run_dir, 20, "full")
+        write_latent_figures(run_dir, codes, run.data.y_train.cpu().numpy(), density)
+    log(f"{stage.name}: evaluating on {len(run.data.x_test)} test images (K={k} importance samples)")
+    evaluate_run(run, run_dir, k)
+    for mode in ("bernoulli", "threshold", "probs"):
+        sample_grid(run, run_dir, 100, mode)
+    sample_grid(run, run_dir, 50, "probs", reconstruct=True)
+    if tuple(run.model.image_shape) == (28, 28):   # the shipped classifier reads 28x28 digits
+        for mode in ("bernoulli", "threshold"):
+            log(f"{stage.name}: sample quality of {s.n_quality()} {mode} samples")
+            quality_run(run, run_dir, s.n_quality(), mode)
+    merge_eval(run_dir, {"reproduce": signature})
+    return json.loads(eval_path.read_text())
+
+
+def reproduce(s: Settings) -> Path:
+    """Run every stage of the study into `s.out` and write report.md and report.html there."""
+    s.out.mkdir(parents=True, exist_ok=True)
+    if s.force:
+        for stage in STUDY:
+            shutil.rmtree(s.out / stage.name, ignore_errors=True)
+    timings = load_timings(s.out)
+    for i, stage in enumerate(STUDY, 1):
+        log(f"stage {i}/{len(STUDY)}: {stage.title}  (left after this: {', '.join(t.name for t in STUDY[i:]) or '-'})")
+        t0 = time.perf_counter()
+        run_dir = s.out / stage.name
+        train_stage(stage, s, run_dir)
+        analyse_stage(stage, s, run_dir)
+        timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - t0
+        write_json(s.out / "timings.json", timings)
+    from .report import write_report
+
+    paths = write_report(s, STUDY, timings)
+    log(f"report: {paths[0]} and {paths[1]}")
+    return paths[0]
+
+
+def load_timings(out: Path) -> dict[str, float]:
+    path = out / "timings.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as err:
+        raise VaelabError(f"{path} is damaged: delete it (it only holds wall times)") from err
+
+
+def versions() -> dict[str, str]:
+    """Versions and provenance shown in the report."""
+    import platform
+    import subprocess
+
+    import numpy
+    import sklearn
+
+    from . import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    return {"vaelab": __version__, "git commit": commit, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
+            "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+            "machine": platform.machine()}
