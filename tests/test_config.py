@@ -38,3 +38,16 @@ def test_missing_and_invalid_yaml(tmp_path):
         load_config(bad)
     with pytest.raises(VaelabError, match="key=value"):
         load_config(None, ["train.lr"])
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").rglob("*.yaml")), ids=str)
+def test_every_shipped_preset_is_valid(path):
+    """Each preset loads strictly and names a registered latent family, estimator and network."""
+    from vaelab.estimators import ESTIMATORS
+    from vaelab.latents import LATENTS
+    from vaelab.nets import NETS
+
+    cfg = load_config(path)
+    assert cfg.model.latent in LATENTS and cfg.estimator.name in ESTIMATORS and cfg.model.nets in NETS
+    if "literature" in path.parts:
+        assert cfg.literature, "a literature preset carries its published figure and setting"
