@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,6 +68,7 @@ def plot_curves(histories: dict[str, list[dict]], keys: dict[str, str], ylabel: 
                 ax.plot(*zip(*points, strict=True), style, color=color, marker="o", markersize=3,
                         label=f"{label} ({what})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

@@ -81,7 +81,8 @@ def quality_table(out: Path, stages) -> list[list[str]]:
         m = json.loads(path.read_text()) if path.is_file() else {}
         for key in sorted(k for k in m if k.startswith("quality_")):
             q = m[key]
-            rows.append([stage.title, f"{q['mode']}, z ~ {q['prior']}", *[fmt(q, k) for k, _ in QUALITY]])
+            prior = {"normal": "the model's p(z)", "gmm": "the fitted GMM"}.get(q["prior"], q["prior"])
+            rows.append([stage.title, f"{q['mode']}, z ~ {prior}", *[fmt(q, k) for k, _ in QUALITY]])
     return rows
 
 
