@@ -50,3 +50,17 @@ def test_every_family_gives_batch_and_event_shapes(name):
     assert q.batch_shape == (8,) and q.event_shape == (5,) and z.shape == (3, 8, 5)
     assert q.log_prob(z).shape == (3, 8) and fam.prior().log_prob(z).shape == (3, 8)
     assert fam.kl(q).shape == (8,) and (fam.kl(q) >= -1e-5).all()
+
+
+def test_bernoulli_image_log_prob_matches_torch_including_extreme_logits():
+    from vaelab.model import BernoulliImage
+
+    logits = torch.cat([torch.randn(3, 4, 50, dtype=torch.float64) * 5,
+                        torch.full((3, 4, 2), 60.0, dtype=torch.float64),
+                        torch.full((3, 4, 2), -60.0, dtype=torch.float64)], -1)   # [S, B, P]
+    x = torch.bernoulli(torch.full((4, 54), 0.5, dtype=torch.float64))           # [B, P], broadcast over S
+    expected = Independent(Bernoulli(logits=logits), 1).log_prob(x)
+    torch.testing.assert_close(BernoulliImage(logits).log_prob(x), expected)
+    logits.requires_grad_(True)
+    BernoulliImage(logits).log_prob(x).sum().backward()
+    torch.testing.assert_close(logits.grad, (x - torch.sigmoid(logits)).detach())  # d/dl log p = x - sigmoid(l)

@@ -100,9 +100,11 @@ def test_scores_separate_real_from_noise_and_a_repeated_digit(mnist_test):
                                                         single["fid_classifier_features"])
     assert real["precision"] > 0.85 and real["recall"] > 0.85
     assert real["digit_entropy_fraction"] > 0.99 and real["mean_confidence"] > 0.95
-    # Noise: no test digit lies near it (recall 0), it is read as few digits, with less confidence. Its precision
-    # only dips (0.83 vs 0.90): the classifier maps noise onto the features of real 3s and 8s, inside their balls.
-    assert bad["recall"] < 0.01 and bad["precision"] < real["precision"]
+    # Noise: no test digit lies near it (recall 0), it is read as few digits, with less confidence, and its FID
+    # is huge. Precision does NOT flag it: the shipped classifier maps Bernoulli(1/2) noise onto one tight spot
+    # of feature space inside real digits' k-NN balls (measured 0.98 vs 0.89 for real digits), a known weakness
+    # of k-NN precision far out of distribution; read it together with FID and recall (README, quality docs).
+    assert bad["recall"] < 0.01
     assert bad["digit_entropy_fraction"] < 0.5 and bad["mean_confidence"] < real["mean_confidence"] - 0.1
     assert single["precision"] == 1.0 and single["recall"] < 0.01      # realistic but no diversity
     assert single["digit_entropy_nats"] == pytest.approx(0.0, abs=1e-12)

@@ -14,6 +14,7 @@ from .errors import VaelabError
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .distributed import is_main_process
     from .train import train
 
     overrides = list(args.set)
@@ -21,6 +22,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides += [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     overrides += [f"train.device={args.device}"] if args.device else []
     overrides += [f"estimator.name={args.estimator}"] if args.estimator else []
+    overrides += ["train.compile=true"] if args.compile else []
     if args.resume:
         if args.config or overrides:
             raise VaelabError("--resume takes the run's own config: drop CONFIG and the overrides")
@@ -31,16 +33,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, overrides)
     out = Path(args.out or f"runs/{cfg.name}")
     train(cfg, out, quiet=args.quiet)
-    print(f"run written to {out}")
+    if is_main_process():   # under torchrun only rank 0 speaks
+        print(f"run written to {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .distributed import setup, teardown
     from .pipeline import evaluate_run
-    from .run import open_run
+    from .run import open_run, resolve_device
 
-    run = open_run(args.run, args.device)
-    metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet)
-    print(json.dumps(metrics, indent=2))
+    ctx = setup(resolve_device(args.device))   # under torchrun: the test images are split across the ranks
+    try:
+        run = open_run(args.run, str(ctx.device))
+        metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet, ctx=ctx)
+    finally:
+        teardown(ctx)
+    if ctx.is_main:
+        print(json.dumps(metrics, indent=2))
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from .pipeline import sample_grid
@@ -109,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/<config name>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (sets train.compile; needs a C++ compiler on the CPU)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

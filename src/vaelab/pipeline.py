@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .latents import DeterministicLatent
 from .run import LoadedRun, write_json
+
+if TYPE_CHECKING:
+    from .distributed import Context
 
 
 def merge_eval(run_dir: str | Path, values: dict[str, Any]) -> None:
@@ -27,11 +30,24 @@ def is_autoencoder(run: LoadedRun) -> bool:
 
 
 def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = None, exact: bool = False,
-                 progress: bool = False) -> dict[str, Any]:
-    """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture), optionally exact log p(x)."""
+                 progress: bool = False, ctx: Context | None = None) -> dict[str, Any]:
+    """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture), optionally exact log p(x).
+
+    Under torchrun (`ctx` from distributed.setup) a VAE's test images are split across the ranks and rank 0 writes
+    the one result; an autoencoder is evaluated by rank 0 alone. Ranks other than 0 return {}."""
     from .evaluate import evaluate_model, summarize
 
     k = run.cfg.eval.iw_samples if iw_samples is None else iw_samples
+    if ctx is not None and ctx.distributed and not is_autoencoder(run):
+        from .distributed import evaluate_sharded
+
+        metrics = evaluate_sharded(run.model, run.data.x_test, k, run.cfg.eval.batch_size, exact, run.cfg.train.seed,
+                                   ctx, progress)
+        if metrics is not None:
+            merge_eval(run_dir, metrics)
+        return metrics or {}
+    if ctx is not None and not ctx.is_main:
+        return {}
     if is_autoencoder(run):
         from .density import evaluate_autoencoder_run
 

@@ -6,7 +6,9 @@ published Inception FIDs.
 - Fréchet distance between Gaussian fits of the two feature sets (Heusel et al. 2017, eq. 6), computed by
   torchmetrics' FrechetInceptionDistance with our features (float64 moments, eigenvalue matrix square root).
 - Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1-3): the share of samples inside the
-  test set's k-NN manifold (quality) and of test images inside the samples' manifold (coverage).
+  test set's k-NN manifold (quality) and of test images inside the samples' manifold (coverage). Precision
+  alone does not flag far out-of-distribution images: pure Bernoulli(1/2) noise maps inside the real digits'
+  balls (precision 0.98), so read it with FID, recall and the digit scores, which all flag noise.
 - Digit coverage: the entropy of the classifier's predicted-digit frequencies (log 10 nats = all ten equally
   often) and the mean confidence (mean max softmax; low for blurry or non-digit images).
 """

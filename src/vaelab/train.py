@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import Config
 from .errors import VaelabError
 from .evaluate import elbo_terms
@@ -46,6 +48,16 @@ class MetricsSink:
             self.tb.close()
 
 
+class MemorySink(MetricsSink):
+    """What ranks other than 0 keep under torchrun: the history, no files."""
+
+    def __init__(self, run_dir: Path, history: list[dict[str, Any]]) -> None:
+        self.history, self.tb = list(history), None
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to overwrite another run; refuse to resume what is not there."""
     holds_run = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
@@ -57,17 +69,23 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
-    """Train `cfg` into `run_dir` (or continue it); returns the per-epoch metrics history."""
+    """Train `cfg` into `run_dir` (or continue it); returns the per-epoch metrics history.
+
+    Under torchrun (WORLD_SIZE > 1) each rank trains on its shard of every batch (distributed.py) and only rank 0
+    writes files or prints."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     state: dict[str, Any] = {"epoch": 0, "history": []}
     if resume:
         cfg, tensors, state = read_checkpoint(run_dir)
-    device = resolve_device(cfg.train.device)
-    data = prepare_data(cfg.data, device)
+    ctx = distributed.setup(resolve_device(cfg.train.device))   # one process unless started by torchrun
+    device, quiet = ctx.device, quiet or not ctx.is_main
+    with ctx.main_first():
+        data = prepare_data(cfg.data, device)
     model, estimator = build(cfg, data, device)
     steps_per_epoch = min(math.ceil(len(data.x_train) / cfg.train.batch_size), cfg.train.steps_per_epoch or math.inf)
     beta = kl_schedule(cfg.train.kl_weight, steps_per_epoch)   # validated before any training
+    distributed.check_options(cfg.train.compile, cfg.train.autocast, device)
     params = [*model.parameters(), *estimator.parameters()]
     optim = torch.optim.Adam(params, lr=cfg.train.lr, fused=device.type == "cuda" or None)
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
@@ -78,21 +96,26 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-    else:
+    elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    sink = MetricsSink(run_dir, state["history"])
+    step = distributed.make_step(model, estimator, ctx, data.x_valid[:8], cfg.train.compile, cfg.train.autocast)
+    sink = MetricsSink(run_dir, state["history"]) if ctx.is_main else MemorySink(run_dir, state["history"])
     show = not quiet and sys.stderr.isatty()
+    scope = contextlib.ExitStack()
+    scope.enter_context(distributed.matmul_precision(cfg.train.tf32, device))
     try:
         for epoch in range(state["epoch"], cfg.train.epochs):
-            row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show, beta)
+            distributed.seed_sampling(cfg.train.seed, ctx, epoch)   # per-rank noise; one process: no-op
+            row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show, beta, step, ctx)
             model.eval()
             row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, data.x_valid).items()}
             model.train()
-            save_checkpoint(run_dir, cfg, model, estimator, {
-                "epoch": epoch + 1, "history": [*sink.history, row], "optim": optim.state_dict(),
-                "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
+            if ctx.is_main:
+                save_checkpoint(run_dir, cfg, model, estimator, {
+                    "epoch": epoch + 1, "history": [*sink.history, row], "optim": optim.state_dict(),
+                    "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
             sink.log(row)
             if not quiet:
                 print(f"epoch {epoch + 1}/{cfg.train.epochs}  train ELBO {row['train_elbo']:.2f}  "
@@ -101,32 +124,43 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
                       + (f"  KL weight {row['kl_weight']:.3g}" if cfg.train.kl_weight else ""), file=sys.stderr)
     finally:
         sink.close()
+        scope.close()
+        distributed.teardown(ctx)
     return sink.history
 
 
 def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator, epoch: int,
-                show_progress: bool, beta: Schedule = lambda step: 1.0) -> dict[str, Any]:
+                show_progress: bool, beta: Schedule = lambda step: 1.0, step=None,
+                ctx: distributed.Context | None = None) -> dict[str, Any]:
     """One pass over a fresh permutation; sums stay on the device and are read once at the end.
 
-    `beta(step)` weights the trained KL (train_loss); train_elbo/rec/kl are the unweighted ELBO terms."""
+    `beta(step)` weights the trained KL (train_loss); train_elbo/rec/kl are the unweighted ELBO terms.
+    `step(x, kl_weight)` is the (DDP-wrapped, compiled) forward of `distributed.make_step`, by default
+    `estimator(model, x, kl_weight)`; under torchrun `ctx` gives this rank's share of each batch."""
+    if step is None:
+        step = lambda x, kl_weight: estimator(model, x, kl_weight)  # noqa: E731
+    ctx = ctx or distributed.Context(device=data.x_train.device)
     t0 = time.perf_counter()
     model.train()
     x_epoch = data.train_epoch_images(gen)                                       # [N, P]
     batches = torch.randperm(len(x_epoch), generator=gen, device=gen.device).split(cfg.train.batch_size)
     batches = batches[: cfg.train.steps_per_epoch] if cfg.train.steps_per_epoch else batches
+    batches = distributed.keep_batches(batches, ctx)                             # every rank gets >= 1 image
     sums = torch.zeros(4, device=x_epoch.device)                                 # loss, elbo, rec, kl
     step0, beta_sum = epoch * len(batches), 0.0
     for i, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_progress,
                                  leave=False)):
         kl_weight = beta(step0 + i)                                              # a python float: no host sync
         beta_sum += kl_weight
-        est = estimator(model, x_epoch[idx], kl_weight)
+        local, weight = distributed.shard(idx, ctx)                              # one process: idx, 1.0
+        est = step(x_epoch[local], kl_weight)
         optim.zero_grad(set_to_none=True)
-        est.loss.backward()
+        (est.loss * weight if ctx.distributed else est.loss).backward()         # DDP averages the ranks' grads
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optim.step()
-        sums += torch.stack([est.loss.detach() * len(idx), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
+        sums += torch.stack([est.loss.detach() * len(local), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
+    sums = distributed.all_reduce_sum(sums, ctx)                                 # one collective per epoch
     n = sum(len(i) for i in batches)
     loss, elbo, rec, kl = (sums / n).tolist()
     if not torch.isfinite(sums).all():

@@ -1,0 +1,266 @@
+"""How a training step meets the hardware: one process or many (torchrun + DistributedDataParallel), eager or
+`torch.compile`d, fp32, TF32 or bf16 autocast.
+
+Under `torchrun --nproc_per_node N -m vaelab train CONFIG` every rank holds the whole data set, draws the same
+epoch permutation from the shared seeded generator, and takes its slice of each global batch of B images (rank r
+gets the r-th of N near-equal micro-batches). Its loss is weighted by N * b_r / B, so DDP's gradient average
+equals the gradient of the mean loss over the global batch: N processes take the step one process takes on the
+combined batch, up to float rounding. Estimator sampling noise comes from the global RNG, reseeded at each epoch
+from (seed, epoch, rank), so the ranks' noise is independent and a resumed run redraws it exactly. Per-epoch metric
+sums are all-reduced once per epoch. Only rank 0 writes files and prints. Without WORLD_SIZE (or with
+WORLD_SIZE=1) nothing here runs and training is exactly the single-process loop.
+
+Buffers: the estimators' running statistics (sfe-avg's average, NVIL's signal mean and variance) are broadcast from
+rank 0 before each forward (DDP's `broadcast_buffers`), so every rank uses the same baseline, one computed from
+rank 0's micro-batches. It is still built from past batches only, so the gradient stays unbiased; it just
+averages 1/N of the data. Estimators without buffers skip that broadcast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .errors import VaelabError
+from .estimators import Estimate, Estimator
+from .model import VAE
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
+TIMEOUT_ENV = "VAELAB_DIST_TIMEOUT_S"   # seconds a collective waits for a stalled rank (default 600)
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the job: rank, world size and the device it computes on."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False       # `setup` created the process group, so `teardown` destroys it
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block before the others (a first download or cache write happens once)."""
+        if self.distributed and not self.is_main:
+            barrier(self)
+        yield
+        if self.distributed and self.is_main:
+            barrier(self)
+
+
+def is_main_process() -> bool:
+    """True unless torchrun started this process as a rank other than 0 (usable before `setup`)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup(device: torch.device) -> Context:
+    """Join the torchrun job described by RANK / WORLD_SIZE / LOCAL_RANK (NCCL on CUDA, Gloo on the CPU).
+
+    Without WORLD_SIZE, or with WORLD_SIZE=1, returns a single-process Context on `device` and touches nothing.
+    Under torchrun each rank computes on cuda:LOCAL_RANK when `device` is CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise VaelabError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs visible: "
+                              "lower --nproc_per_node")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    ctx = Context(rank, world, device, owns_group=not dist.is_initialized())
+    if ctx.owns_group:
+        timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "600")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+                                device_id=device if device.type == "cuda" else None)
+    barrier(ctx)
+    return ctx
+
+
+def teardown(ctx: Context) -> None:
+    """Leave the process group `setup` joined (a no-op in one process)."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def keep_batches(batches: tuple[Tensor, ...] | list[Tensor], ctx: Context) -> list[Tensor] | tuple[Tensor, ...]:
+    """Drop a final batch with fewer images than ranks (each rank needs at least one); a no-op in one process."""
+    return [b for b in batches if len(b) >= ctx.world_size] if ctx.distributed else batches
+
+
+def shard(idx: Tensor, ctx: Context) -> tuple[Tensor, float]:
+    """This rank's micro-batch of the global batch `idx`, and its loss weight N * b_r / B.
+
+    DDP averages the ranks' gradients, so weighting rank r's mean loss by N * b_r / B makes the average the
+    gradient of the global batch's mean loss even when B is not a multiple of N."""
+    if not ctx.distributed:
+        return idx, 1.0
+    local = idx.tensor_split(ctx.world_size)[ctx.rank]
+    return local, ctx.world_size * len(local) / len(idx)
+
+
+def all_reduce_sum(values: Tensor, ctx: Context) -> Tensor:
+    """Sum `values` over the ranks (in place; returned unchanged in one process)."""
+    if ctx.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def rank_seed(seed: int, ctx: Context, *keys: int) -> int:
+    """A 63-bit seed for this rank's stream, from numpy's SeedSequence (independent streams for nearby inputs)."""
+    return int(np.random.SeedSequence([seed, ctx.rank, *keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def seed_sampling(seed: int, ctx: Context, *keys: int) -> None:
+    """Reseed the global RNG (estimator noise) per rank from (seed, keys, rank); nothing in one process, where
+    the RNG state is checkpointed instead. Reseeding per epoch makes a multi-process resume exact too."""
+    if ctx.distributed:
+        torch.manual_seed(rank_seed(seed, ctx, *keys))
+
+
+def check_options(compile: bool, autocast: str | None, device: torch.device) -> None:
+    """Refuse train.compile / train.autocast settings this machine cannot run, before a run directory is made."""
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise VaelabError(f"train.autocast = {autocast!r} is not supported: use bf16, or null for fp32")
+    if autocast == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise VaelabError("train.autocast = bf16 but this GPU has no bfloat16 support: set train.autocast=null")
+    if compile and not hasattr(torch, "compile"):
+        raise VaelabError("train.compile needs torch.compile (PyTorch >= 2.0): upgrade torch or drop --compile")
+
+
+class TrainStep(nn.Module):
+    """The model and its estimator as one module, so DDP and torch.compile see every trained parameter (the
+    estimator's control networks too) and buffer. `forward(x, kl_weight)` returns the estimator's Estimate."""
+
+    def __init__(self, model: VAE, estimator: Estimator, autocast: str | None = None) -> None:
+        super().__init__()
+        self.model, self.estimator = model, estimator
+        check_options(False, autocast, torch.device("cpu"))
+        self.autocast = AUTOCAST_DTYPES.get(autocast)
+
+    def forward(self, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+        if self.autocast is None:
+            return self.estimator(self.model, x, kl_weight)
+        with torch.autocast(x.device.type, dtype=self.autocast):
+            est = self.estimator(self.model, x, kl_weight)
+        # per-example terms back to fp32, so the epoch sums and the gradient of the mean accumulate in fp32
+        return Estimate(est.loss.float(), est.elbo.float(), est.rec.float(), est.kl.float(),
+                        {k: v.float() for k, v in est.stats.items()})
+
+
+def unused_parameters(step: TrainStep, x: Tensor) -> list[str]:
+    """Names of trained parameters the step's loss does not reach, found by one backward pass in eval mode
+    (estimators update running statistics only in training mode). DDP must be told about them."""
+    was_training = step.training
+    step.eval()
+    step(x).loss.backward()
+    step.train(was_training)
+    unused = [n for n, p in step.named_parameters() if p.requires_grad and p.grad is None]
+    step.zero_grad(set_to_none=True)
+    return unused
+
+
+def make_step(model: VAE, estimator: Estimator, ctx: Context, probe: Tensor, compile: bool = False,
+              autocast: str | None = None) -> Callable[[Tensor, float], Estimate]:
+    """The training forward: TrainStep, wrapped in DDP when distributed and in torch.compile when asked.
+
+    `probe` (a few images) finds parameters the loss does not use, the one case where DDP needs
+    `find_unused_parameters` (which costs a graph traversal per step)."""
+    step: Any = TrainStep(model, estimator, autocast)
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        unused = unused_parameters(step, probe)
+        sync = any(True for _ in estimator.buffers())    # running statistics: rank 0's, before every forward
+        new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.13
+        step = DistributedDataParallel(
+            step, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=bool(unused), **{"forward_sync_buffers" if new_name else "broadcast_buffers": sync})
+    if compile:
+        step = compile_step(step)
+    return step
+
+
+def compile_step(step: nn.Module) -> Callable[[Tensor, float], Estimate]:
+    """torch.compile of the step's forward (and, through AOTAutograd, its backward); the optimizer stays eager."""
+    check_options(True, None, torch.device("cpu"))
+    return torch.compile(step, dynamic=False)
+
+
+@contextlib.contextmanager
+def matmul_precision(tf32: bool, device: torch.device) -> Iterator[None]:
+    """CUDA fp32 matmuls and cuDNN convolutions in TF32 (10-bit mantissa) when `tf32`, else full IEEE fp32 (also
+    for convolutions, which PyTorch otherwise runs in TF32 by default); the previous settings come back after.
+    Nothing changes on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before
+
+
+def gather_rows(values: dict[str, Tensor], total: int, ctx: Context) -> dict[str, Tensor]:
+    """Concatenate each rank's per-example [n_r] tensors (rank order = the order of `tensor_split` shards) into
+    [total] tensors on every rank; all_gather needs equal sizes, so shards are padded to the largest and trimmed."""
+    if not ctx.distributed:
+        return values
+    sizes = [len(s) for s in torch.arange(total).tensor_split(ctx.world_size)]
+    out = {}
+    for name, v in values.items():
+        padded = torch.zeros(max(sizes), dtype=v.dtype, device=v.device)
+        padded[: len(v)] = v
+        parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, padded)
+        out[name] = torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])   # [total]
+    return out
+
+
+def evaluate_sharded(model: VAE, x: Tensor, iw_samples: int, batch_size: int, exact: bool, seed: int,
+                     ctx: Context, progress: bool = False) -> dict[str, Any] | None:
+    """`evaluate_model` (plus `exact_loglik` when asked) with the test images split across the ranks, each rank
+    drawing its own importance samples; rank 0 gets the summary of all images, the other ranks None."""
+    from .evaluate import elbo_terms, iw_loglik, summarize
+    from .exact import exact_loglik
+
+    seed_sampling(seed, ctx, 1 << 20)                      # a stream no training epoch uses
+    part = x.tensor_split(ctx.world_size)[ctx.rank]        # [n_r, P]
+    per_example = elbo_terms(model, part)
+    if iw_samples > 0:
+        per_example["iw_loglik"] = iw_loglik(model, part, iw_samples, batch_size, progress and ctx.is_main)
+    if exact:
+        per_example["exact_loglik"] = exact_loglik(model, part, batch_size, progress=progress and ctx.is_main)
+    gathered = gather_rows(per_example, len(x), ctx)
+    if not ctx.is_main:
+        return None
+    metrics = summarize({k: v for k, v in gathered.items() if k != "exact_loglik"})
+    metrics |= {"iw_samples": iw_samples, "n_examples": len(x), "processes": ctx.world_size}
+    return metrics | (summarize({"exact_loglik": gathered["exact_loglik"]}) if exact else {})
+
