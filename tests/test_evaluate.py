@@ -47,7 +47,7 @@ def test_chunked_estimate_matches_a_plain_loop(monkeypatch):
     reference = torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k)))
     w = torch.exp(log_w - log_w.max(0).values)
     se = w.std(0) / w.mean(0) / k ** 0.5                                  # delta-method SE of log mean w
-    monkeypatch.setattr(ev, "ROWS_PER_CHUNK", 6 * 307)                    # 307 samples a chunk, last one short
+    monkeypatch.setitem(ev.ROWS_PER_CHUNK, "cpu", 6 * 307)                # 307 samples a chunk, last one short
     chunked = iw_loglik(model, x, k=k)
     assert chunked.dtype == torch.float64
     assert ((chunked - reference).abs() < 5 * se * 2 ** 0.5 + 1e-9).all()
