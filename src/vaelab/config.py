@@ -51,7 +51,7 @@ class TrainConfig:
     kl_weight: dict[str, Any] = field(default_factory=dict)  # beta schedule (schedules.py); {} = 1; eval uses 1
     compile: bool = False          # torch.compile the training step (distributed.py); first steps pay compile time
     tf32: bool = False             # CUDA only: TF32 matmuls/convolutions (10-bit mantissa); False = IEEE fp32
-    autocast: str | None = None    # "bf16": training forward under bf16 autocast, ELBO sums in fp32; None = fp32
+    autocast: str | None = None    # "bf16": encoder/decoder of training steps in bf16, log-densities in fp32
 
 
 @dataclass

@@ -11,9 +11,9 @@ sums are all-reduced once per epoch. Only rank 0 writes files and prints. Withou
 WORLD_SIZE=1) nothing here runs and training is exactly the single-process loop.
 
 Buffers: the estimators' running statistics (sfe-avg's average, NVIL's signal mean and variance) are broadcast from
-rank 0 before each forward (DDP's `broadcast_buffers`), so every rank uses the same baseline, one computed from
-rank 0's micro-batches. It is still built from past batches only, so the gradient stays unbiased; it just
-averages 1/N of the data. Estimators without buffers skip that broadcast.
+rank 0 before each forward (DDP's `forward_sync_buffers`, formerly `broadcast_buffers`), so every rank uses the
+same baseline, one computed from rank 0's micro-batches. It is still built from past batches only, so the gradient
+stays unbiased; it just averages 1/N of the data. Estimators without buffers skip that broadcast.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def rank_seed(seed: int, ctx: Context, *keys: int) -> int:
 
 
 def seed_sampling(seed: int, ctx: Context, *keys: int) -> None:
-    """Reseed the global RNG (estimator noise) per rank from (seed, keys, rank); nothing in one process, where
+    """Reseed the global RNG (estimator noise) per rank from (seed, rank, keys); nothing in one process, where
     the RNG state is checkpointed instead. Reseeding per epoch makes a multi-process resume exact too."""
     if ctx.distributed:
         torch.manual_seed(rank_seed(seed, ctx, *keys))
@@ -151,24 +151,38 @@ def check_options(compile: bool, autocast: str | None, device: torch.device) -> 
         raise VaelabError("train.compile needs torch.compile (PyTorch >= 2.0): upgrade torch or drop --compile")
 
 
+class AutocastNet(nn.Module):
+    """A network run under autocast(dtype) whose output is handed on in fp32: the log-densities, their sums over
+    pixels and latents, and the KL are then computed in fp32 from the bf16-rounded network outputs."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            out = self.net(x)
+        return out.float()
+
+
 class TrainStep(nn.Module):
     """The model and its estimator as one module, so DDP and torch.compile see every trained parameter (the
-    estimator's control networks too) and buffer. `forward(x, kl_weight)` returns the estimator's Estimate."""
+    estimator's control networks too) and buffer. `forward(x, kl_weight)` returns the estimator's Estimate.
+
+    With `autocast` the estimator sees a twin of the model whose encoder and decoder (the same modules, so the
+    same parameters) run under autocast; validation and evaluation keep using the fp32 model."""
 
     def __init__(self, model: VAE, estimator: Estimator, autocast: str | None = None) -> None:
         super().__init__()
-        self.model, self.estimator = model, estimator
         check_options(False, autocast, torch.device("cpu"))
-        self.autocast = AUTOCAST_DTYPES.get(autocast)
+        if autocast is not None:
+            dtype = AUTOCAST_DTYPES[autocast]
+            model = type(model)(AutocastNet(model.encoder, dtype), AutocastNet(model.decoder, dtype), model.latent,
+                                model.image_shape)
+        self.model, self.estimator = model, estimator
 
     def forward(self, x: Tensor, kl_weight: float = 1.0) -> Estimate:
-        if self.autocast is None:
-            return self.estimator(self.model, x, kl_weight)
-        with torch.autocast(x.device.type, dtype=self.autocast):
-            est = self.estimator(self.model, x, kl_weight)
-        # per-example terms back to fp32, so the epoch sums and the gradient of the mean accumulate in fp32
-        return Estimate(est.loss.float(), est.elbo.float(), est.rec.float(), est.kl.float(),
-                        {k: v.float() for k, v in est.stats.items()})
+        return self.estimator(self.model, x, kl_weight)
 
 
 def unused_parameters(step: TrainStep, x: Tensor) -> list[str]:

@@ -33,8 +33,17 @@ def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = N
                  progress: bool = False, ctx: Context | None = None) -> dict[str, Any]:
     """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture), optionally exact log p(x).
 
-    Under torchrun (`ctx` from distributed.setup) a VAE's test images are split across the ranks and rank 0 writes
-    the one result; an autoencoder is evaluated by rank 0 alone. Ranks other than 0 return {}."""
+    Always in IEEE fp32 on CUDA (no TF32 matmuls or convolutions). Under torchrun (`ctx` from distributed.setup)
+    a VAE's test images are split across the ranks and rank 0 writes the one result; an autoencoder is evaluated
+    by rank 0 alone. Ranks other than 0 return {}."""
+    from .distributed import matmul_precision
+
+    with matmul_precision(False, run.device):
+        return _evaluate_run(run, run_dir, iw_samples, exact, progress, ctx)
+
+
+def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, exact: bool, progress: bool,
+                  ctx: Context | None) -> dict[str, Any]:
     from .evaluate import evaluate_model, summarize
 
     k = run.cfg.eval.iw_samples if iw_samples is None else iw_samples
