@@ -29,7 +29,7 @@ remedies)  # issue 7: the seed's Bernoulli VAE and each remedy, 3 epochs each; G
   train rem_bernoulli_baseline configs/bernoulli_vae.yaml --epochs 3
   train rem_gaussian_baseline configs/gaussian_vae.yaml --epochs 3
   for cfg in configs/remedies/*.yaml; do train "rem_$(basename "$cfg" .yaml)" "$cfg" --epochs 3; done
-  for d in "$R"/rem_*; do [ -f "$d/eval.json" ] || $V evaluate "$d" --iw-samples 500 --quiet > /dev/null; done ;;
+  for d in "$R"/rem_*; do [ -f "$d/eval.json" ] || $V evaluate "$d" --iw-samples 100 --quiet > /dev/null; done ;;
 ae)  # issue 4: AE + GMM (2-D and 16-D codes, K = 20 and BIC's K) next to the Gaussian VAE of the same size
   for d in 2 16; do
     train "ae_$d" configs/ae_gmm.yaml --set model.latent_dim=$d
@@ -37,9 +37,9 @@ ae)  # issue 4: AE + GMM (2-D and 16-D codes, K = 20 and BIC's K) next to the Ga
     for k in 20 auto; do
       [ -f "$R/ae_${d}_$k.json" ] && continue
       $V fit-density "$R/ae_$d" --components $k --no-figures > /dev/null
-      $V evaluate "$R/ae_$d" --iw-samples 1000 --quiet > /dev/null && cp "$R/ae_$d/eval.json" "$R/ae_${d}_$k.json"
+      $V evaluate "$R/ae_$d" --iw-samples 500 --quiet > /dev/null && cp "$R/ae_$d/eval.json" "$R/ae_${d}_$k.json"
     done
-    [ -f "$R/vae_$d/eval.json" ] || $V evaluate "$R/vae_$d" --iw-samples 1000 --quiet > /dev/null
+    [ -f "$R/vae_$d/eval.json" ] || $V evaluate "$R/vae_$d" --iw-samples 500 --quiet > /dev/null
   done ;;
 full) time $V reproduce --out reports/full ;;
 *) echo "unknown part $part: speed iw estimators remedies ae full" >&2; exit 2 ;;

@@ -42,6 +42,20 @@ class Estimator(nn.Module):
         raise NotImplementedError
 
 
+class MultiSample(Estimator):
+    """Base of the estimators that draw K samples per input (rloo, vimco, iwae): stores and checks `num_samples`."""
+
+    min_samples = 2
+
+    def __init__(self, num_samples: int = 4) -> None:
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < self.min_samples:
+            name = next((n for n in ESTIMATORS if ESTIMATORS.get(n) is type(self)), type(self).__name__)
+            raise VaelabError(f"{name} needs estimator.kwargs.num_samples >= {self.min_samples} (an integer), "
+                              f"got {num_samples!r}")
+        self.num_samples = num_samples
+
+
 def estimate(loss: Tensor, rec: Tensor, kl: Tensor, **stats: Tensor) -> Estimate:
     """Package an estimator's result, detaching the reported [B] terms."""
     rec, kl = rec.detach(), kl.detach()
@@ -224,17 +238,11 @@ class NVIL(Estimator):
 
 
 @ESTIMATORS.register("rloo")
-class RLOO(Estimator):
+class RLOO(MultiSample):
     """REINFORCE with K samples per input, each baselined by the mean of the other K-1 ("Buy 4 REINFORCE samples,
     get a baseline for free", Kool, van Hoof & Welling 2019). Reported terms average the K samples."""
 
     needs = frozenset({"kl_at"})
-
-    def __init__(self, num_samples: int = 4) -> None:
-        super().__init__()
-        if num_samples < 2:
-            raise VaelabError(f"rloo needs estimator.kwargs.num_samples >= 2, got {num_samples}")
-        self.num_samples = num_samples
 
     def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
         k = self.num_samples
@@ -247,7 +255,7 @@ class RLOO(Estimator):
 
 
 @ESTIMATORS.register("vimco")
-class VIMCO(Estimator):
+class VIMCO(MultiSample):
     """The K-sample importance-weighted bound (Burda et al. 2016) with VIMCO's leave-one-out control variates
     (Mnih & Rezende 2016, sec. 3): sample j's learning signal is L - L_{-j}, where L_{-j} replaces log w_j by the
     mean of the other log-weights (their geometric-mean variant).
@@ -261,12 +269,6 @@ class VIMCO(Estimator):
 
     needs = frozenset({"kl_at"})
     objective = "iw"
-
-    def __init__(self, num_samples: int = 4) -> None:
-        super().__init__()
-        if num_samples < 2:
-            raise VaelabError(f"vimco needs estimator.kwargs.num_samples >= 2, got {num_samples}")
-        self.num_samples = num_samples
 
     def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
         k = self.num_samples
@@ -366,7 +368,7 @@ class DisARM(Estimator):
 
 
 @ESTIMATORS.register("iwae")
-class IWAE(Estimator):
+class IWAE(MultiSample):
     """The K-sample importance-weighted bound log 1/K sum_k p(x, z_k) / q(z_k|x) with reparameterised z_k,
     differentiated pathwise (Burda et al. 2016, eq. 8 and 14); K = 1 is the ELBO with a Monte Carlo KL.
 
@@ -377,12 +379,10 @@ class IWAE(Estimator):
 
     needs = frozenset({"rsample", "kl_at"})
     objective = "iw"
+    min_samples = 1
 
     def __init__(self, num_samples: int = 5) -> None:
-        super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise VaelabError(f"iwae needs estimator.kwargs.num_samples >= 1 (an integer), got {num_samples!r}")
-        self.num_samples = num_samples
+        super().__init__(num_samples)
 
     def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
         q = model.posterior(x)
