@@ -336,3 +336,18 @@ def test_cli_gmm_prior_for_a_vae(tmp_path):
     assert main(["sample", str(run), "--prior", "gmm", "--n", "9", *common]) == 0
     assert main(["sample", str(run), "--n", "9", *common]) == 0
     assert (run / "fig" / "samples_gmm_bernoulli.png").is_file() and (run / "fig" / "samples_bernoulli.png").is_file()
+
+
+def test_covariance_cholesky_inverts_the_precision_and_survives_rounding():
+    from vaelab.density import covariance_cholesky
+
+    torch.manual_seed(0)
+    a = torch.randn(5, 6, 6, dtype=torch.float64)
+    precision = a @ a.transpose(-1, -2) + 0.1 * torch.eye(6, dtype=torch.float64)
+    chol = covariance_cholesky(precision)
+    torch.testing.assert_close(chol @ chol.transpose(-1, -2), torch.linalg.inv(precision))
+    # a float32 sum that is a hair off positive definite (one eigenvalue ~ -1e-7) still gives a valid factor
+    v = torch.randn(6, dtype=torch.float64)
+    nearly = (v[:, None] * v[None, :] * 1e3 - 1e-7 * torch.eye(6, dtype=torch.float64)).float()
+    chol = covariance_cholesky(nearly[None])
+    assert torch.isfinite(chol).all() and (torch.diagonal(chol, dim1=-2, dim2=-1) > 0).all()

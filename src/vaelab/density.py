@@ -294,6 +294,17 @@ def laplace_fit(model: VAE, x: Tensor, newton_steps: int = 1) -> tuple[Tensor, T
     return z, laplace_precision(model, z)
 
 
+def covariance_cholesky(precision: Tensor, floor: float = 1e-8) -> Tensor:
+    """Cholesky factor of precision^-1 [B, D, D], computed in float64 from the symmetrised eigen-decomposition with
+    eigenvalues floored at `floor` x the largest, so it stays valid when float32 rounding (a sum of many mixture
+    precisions, say) leaves `precision` a hair off positive definite. Returned in `precision`'s dtype."""
+    p64 = precision.double()
+    evals, evecs = torch.linalg.eigh(0.5 * (p64 + p64.transpose(-1, -2)))            # [B, D], [B, D, D]
+    evals = evals.clamp(min=floor * evals.amax(-1, keepdim=True).clamp(min=1e-300))
+    covariance = (evecs / evals[..., None, :]) @ evecs.transpose(-1, -2)              # [B, D, D]
+    return torch.linalg.cholesky(covariance).to(precision.dtype)
+
+
 def laplace_proposal(model: VAE, inflation: float = 1.0, alpha: float = DEFENSIVE_ALPHA,
                      newton_steps: int = 1) -> Callable[[Tensor], Distribution]:
     """x -> (1 - alpha) N(z; m(x), inflation^2 H(x)^-1) + alpha GMM(z), with (m, H) from `laplace_fit`.
@@ -304,7 +315,7 @@ def laplace_proposal(model: VAE, inflation: float = 1.0, alpha: float = DEFENSIV
     """
     def proposal(x: Tensor) -> Distribution:
         loc, precision = laplace_fit(model, x, newton_steps)                           # [B, D], [B, D, D]
-        local = MultivariateNormal(loc, precision_matrix=precision / inflation**2)
+        local = MultivariateNormal(loc, scale_tril=inflation * covariance_cholesky(precision))
         return DefensiveMixture(local, model.prior(), alpha)
 
     return proposal
