@@ -157,7 +157,7 @@ def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator
         optim.zero_grad(set_to_none=True)
         (est.loss * weight if ctx.distributed else est.loss).backward()         # DDP averages the ranks' grads
         if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in optim.param_groups for p in g["params"]], cfg.train.grad_clip)
         optim.step()
         sums += torch.stack([est.loss.detach() * len(local), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
     sums = distributed.all_reduce_sum(sums, ctx)                                 # one collective per epoch
