@@ -60,13 +60,18 @@ def fmt(metrics: dict[str, Any], key: str) -> str:
     return f"{value:.2f} ± {err:.2f}" if err is not None else f"{value:.3f}"
 
 
+def stage_eval(out: Path, name: str) -> dict[str, Any] | None:
+    """A stage's eval.json, or None before it was evaluated."""
+    path = out / name / "eval.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def metrics_table(out: Path, stages) -> list[list[str]]:
     """One row per model: estimator, epochs trained, ELBO terms and IW log-likelihood."""
     rows = [["model", "estimator", "epochs", *[c for _, c in COLUMNS]]]
     for stage in stages:
-        path = out / stage.name / "eval.json"
-        if path.is_file():
-            m = json.loads(path.read_text())
+        m = stage_eval(out, stage.name)
+        if m is not None:
             cfg = yaml.safe_load((out / stage.name / "config.yaml").read_text())
             epochs = len(histories(out, [stage.name]).get(stage.name, []))
             rows.append([stage.title, cfg["estimator"]["name"], str(epochs), *[fmt(m, k) for k, _ in COLUMNS]])
@@ -77,8 +82,7 @@ def quality_table(out: Path, stages) -> list[list[str]]:
     """One row per model and sampling mode with sample-quality scores; just the header when none were scored."""
     rows = [["model", "samples", *[c for _, c in QUALITY]]]
     for stage in stages:
-        path = out / stage.name / "eval.json"
-        m = json.loads(path.read_text()) if path.is_file() else {}
+        m = stage_eval(out, stage.name) or {}
         for key in sorted(k for k in m if k.startswith("quality_")):
             q = m[key]
             prior = {"normal": "the model's p(z)", "gmm": "the fitted GMM"}.get(q["prior"], q["prior"])
