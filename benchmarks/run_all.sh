@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The by-hand benchmarks, run one after another on a quiet machine (each writes under benchmarks/runs/ and
 # benchmarks/results/; `python benchmarks/summarize.py` then prints the tables that RESULTS.md quotes).
-#   bash benchmarks/run_all.sh [speed|iw|estimators|remedies|ae|full ...]   (default: all but full)
+#   bash benchmarks/run_all.sh [speed|iw|estimators|remedies|ae|literature|full ...]   (default: the first five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin/vaelab
@@ -41,6 +41,10 @@ ae)  # issue 4: AE + GMM (2-D and 16-D codes, K = 20 and BIC's K) next to the Ga
     done
     [ -f "$R/vae_$d/eval.json" ] || $V evaluate "$R/vae_$d" --iw-samples 500 --quiet > /dev/null
   done ;;
+literature)  # issue 2: the literature presets within a CPU budget, K = 5000 on all 10,000 test images
+  train lit_static configs/literature/vae_784_400_40_static.yaml --epochs 10
+  train lit_iwae configs/literature/iwae_vae_1layer.yaml --epochs 5
+  for d in "$R"/lit_*; do [ -f "$d/eval.json" ] || $V evaluate "$d" --iw-samples 5000 --quiet > /dev/null; done ;;
 full) time $V reproduce --out reports/full ;;
-*) echo "unknown part $part: speed iw estimators remedies ae full" >&2; exit 2 ;;
+*) echo "unknown part $part: speed iw estimators remedies ae literature full" >&2; exit 2 ;;
 esac; done
