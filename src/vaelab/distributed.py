@@ -261,20 +261,13 @@ def evaluate_sharded(model: VAE, x: Tensor, iw_samples: int, batch_size: int, ex
                      ctx: Context, progress: bool = False) -> dict[str, Any] | None:
     """`evaluate_model` (plus `exact_loglik` when asked) with the test images split across the ranks, each rank
     drawing its own importance samples; rank 0 gets the summary of all images, the other ranks None."""
-    from .evaluate import elbo_terms, iw_loglik, summarize
-    from .exact import exact_loglik
+    from .evaluate import per_example_metrics, summarize
 
     seed_sampling(seed, ctx, 1 << 20)                      # a stream no training epoch uses
     part = x.tensor_split(ctx.world_size)[ctx.rank]        # [n_r, P]
-    per_example = elbo_terms(model, part)
-    if iw_samples > 0:
-        per_example["iw_loglik"] = iw_loglik(model, part, iw_samples, batch_size, progress and ctx.is_main)
-    if exact:
-        per_example["exact_loglik"] = exact_loglik(model, part, batch_size, progress=progress and ctx.is_main)
+    per_example = per_example_metrics(model, part, iw_samples, batch_size, progress and ctx.is_main, exact)
     gathered = gather_rows(per_example, len(x), ctx)
     if not ctx.is_main:
         return None
-    metrics = summarize({k: v for k, v in gathered.items() if k != "exact_loglik"})
-    metrics |= {"iw_samples": iw_samples, "n_examples": len(x), "processes": ctx.world_size}
-    return metrics | (summarize({"exact_loglik": gathered["exact_loglik"]}) if exact else {})
+    return summarize(gathered) | {"iw_samples": iw_samples, "n_examples": len(x), "processes": ctx.world_size}
 

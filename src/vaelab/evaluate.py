@@ -90,10 +90,23 @@ def evaluate_autoencoder(model: VAE, x: Tensor, proposal: Callable[[Tensor], Dis
     return {"elbo": None, "kl": None} | summarize(per_example) | {"iw_samples": iw_samples, "n_examples": len(x)}
 
 
-def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: int = 500,
-                   progress: bool = False) -> dict[str, float]:
-    """Test ELBO, KL and reconstruction, and the importance-weighted log-likelihood (`iw_loglik`), in nats."""
+def per_example_metrics(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: int = 500,
+                        progress: bool = False, exact: bool = False) -> dict[str, Tensor]:
+    """Per-example test terms [N]: elbo, rec, kl; iw_loglik when iw_samples > 0; exact_loglik (log p(x) by
+    enumerating every code, small Bernoulli latents only) when `exact`."""
     per_example = elbo_terms(model, x)
     if iw_samples > 0:
         per_example["iw_loglik"] = iw_loglik(model, x, iw_samples, batch_size, progress)
+    if exact:
+        from .exact import exact_loglik  # exact.py imports this module
+
+        per_example["exact_loglik"] = exact_loglik(model, x, batch_size, progress=progress)
+    return per_example
+
+
+def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: int = 500,
+                   progress: bool = False, exact: bool = False) -> dict[str, float]:
+    """Test ELBO, KL and reconstruction, the importance-weighted log-likelihood (`iw_loglik`) and, when `exact`,
+    the exact log p(x), in nats: means and standard errors of `per_example_metrics`."""
+    per_example = per_example_metrics(model, x, iw_samples, batch_size, progress, exact)
     return summarize(per_example) | {"iw_samples": iw_samples, "n_examples": len(x)}

@@ -44,7 +44,7 @@ def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = N
 
 def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, exact: bool, progress: bool,
                   ctx: Context | None) -> dict[str, Any]:
-    from .evaluate import evaluate_model, summarize
+    from .evaluate import evaluate_model
 
     k = run.cfg.eval.iw_samples if iw_samples is None else iw_samples
     if ctx is not None and ctx.distributed and not is_autoencoder(run):
@@ -59,15 +59,13 @@ def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, e
         return {}
     if is_autoencoder(run):
         from .density import evaluate_autoencoder_run
+        from .exact import check_enumerable
 
+        if exact:
+            check_enumerable(run.model)   # refuses: exact enumeration needs a Bernoulli latent
         metrics = evaluate_autoencoder_run(run, run_dir, k, progress=progress)
     else:
-        metrics = evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress=progress)
-    if exact:   # log p(x) by enumerating all 2^D codes: small Bernoulli latents only
-        from .exact import exact_loglik
-
-        metrics |= summarize({"exact_loglik": exact_loglik(run.model, run.data.x_test, run.cfg.eval.batch_size,
-                                                           progress=progress)})
+        metrics = evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress, exact)
     merge_eval(run_dir, metrics)
     return metrics
 
