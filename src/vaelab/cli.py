@@ -38,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .distributed import setup, teardown
+    from .distributed import barrier, setup, teardown
     from .pipeline import evaluate_run
     from .run import open_run, resolve_device
 
@@ -46,6 +46,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     try:
         run = open_run(args.run, str(ctx.device))
         metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet, ctx=ctx)
+        barrier(ctx)   # ranks leave together (see train)
     finally:
         teardown(ctx)
     if ctx.is_main:

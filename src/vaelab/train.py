@@ -122,6 +122,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
                       f"valid ELBO {row['valid_elbo']:.2f}  (KL {row['valid_kl']:.2f}, "
                       f"rec {row['valid_rec']:.2f})  {row['seconds']:.1f}s"
                       + (f"  KL weight {row['kl_weight']:.3g}" if cfg.train.kl_weight else ""), file=sys.stderr)
+        distributed.barrier(ctx)   # ranks leave together: tearing Gloo down while rank 0 still writes can abort
     finally:
         sink.close()
         scope.close()
