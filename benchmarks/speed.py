@@ -20,7 +20,7 @@ from torch import nn
 
 from vaelab.config import load_config
 from vaelab.run import build, prepare_data, resolve_device
-from vaelab.train import train_epoch
+from vaelab.train import adam, train_epoch
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 20) -> float:
@@ -75,7 +75,7 @@ def main() -> None:
     cfg = load_config("configs/gaussian_vae.yaml", [f"train.batch_size={args.batch_size}", f"train.device={device}"])
     data = prepare_data(cfg.data, device)
     model, estimator = build(cfg, data, device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda" or None)
+    opt = adam(list(model.parameters()), 1e-3, device)
     torch.manual_seed(0)
     enc = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 40)).to(device)
     dec = nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 784)).to(device)

@@ -58,6 +58,13 @@ class MemorySink(MetricsSink):
         self.history.append(row)
 
 
+def adam(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused single-kernel update where torch has one (CPU and CUDA): the same update rule, one pass
+    over the parameters instead of a dozen; 10x faster than the default on the seed model's 1.1M parameters on CPU
+    (3.3 -> 0.34 ms a step, benchmarks/RESULTS.md). Results differ from the default only in float rounding."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda") or None)
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to overwrite another run; refuse to resume what is not there."""
     holds_run = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
@@ -87,7 +94,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     beta = kl_schedule(cfg.train.kl_weight, steps_per_epoch)   # validated before any training
     distributed.check_options(cfg.train.compile, cfg.train.autocast, device)
     params = [*model.parameters(), *estimator.parameters()]
-    optim = torch.optim.Adam(params, lr=cfg.train.lr, fused=device.type == "cuda" or None)
+    optim = adam(params, cfg.train.lr, device)
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
     if resume:
         load_weights(model, estimator, tensors)
