@@ -349,6 +349,13 @@ def test_dynamic_binarize_is_seeded_and_unbiased():
     assert torch.equal(binarize(x, "static", torch.Generator().manual_seed(1)), a)
 
 
+def test_binarize_draws_each_pixel_with_its_own_probability():
+    p = torch.tensor([0.0, 0.02, 0.3, 0.5, 0.7, 0.98, 1.0])
+    draws = binarize(p.expand(20000, -1).contiguous(), "dynamic", torch.Generator().manual_seed(2))
+    freq, sd = draws.mean(0), (p * (1 - p) / 20000).sqrt()
+    assert torch.all((freq - p).abs() <= 5 * sd + 1e-12), (freq, p)   # 0 and 1 exactly; the rest within 5 sigma
+
+
 def test_threshold_and_none():
     x = torch.tensor([[0.0, 0.2, 0.5, 0.51, 1.0]])
     assert torch.equal(binarize(x, "threshold"), torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]]))

@@ -146,6 +146,25 @@ def test_bf16_training_on_digits_and_bad_options_refused_before_a_run_dir(tmp_pa
     assert not (tmp_path / "bad").exists()
 
 
+def test_bf16_decoder_evaluation_is_recorded_and_within_hundredths_of_a_nat_of_fp32(tmp_path, cli):
+    run = tmp_path / "run"
+    train(tiny_config("train.steps_per_epoch=20"), run, quiet=True)
+    results = []
+    for extra in ([], [], ["--autocast", "bf16"]):
+        code, out, _ = cli("evaluate", run, "--iw-samples", 50, "--quiet", *extra)
+        assert code == 0
+        results.append(json.loads(out))
+    fp32, again, bf16 = results
+    assert fp32 == again and fp32["decoder_autocast"] is None           # seeded: the same draws every call
+    assert bf16["decoder_autocast"] == "bf16" == json.loads((run / "eval.json").read_text())["decoder_autocast"]
+    for key in ("iw_loglik", "elbo", "rec"):                               # same draws, bf16-rounded logits
+        assert 0 < abs(bf16[key] - fp32[key]) < 0.05, (key, bf16[key], fp32[key])
+    assert bf16["kl"] == fp32["kl"]                                        # the encoder stays fp32
+    with pytest.raises(SystemExit) as exc:                                # argparse: choices
+        cli("evaluate", run, "--autocast", "fp8")
+    assert exc.value.code == 2
+
+
 def test_tf32_leaves_cpu_numbers_unchanged(tmp_path):
     train(tiny_config("train.steps_per_epoch=5"), tmp_path / "fp32", quiet=True)
     train(tiny_config("train.steps_per_epoch=5", "train.tf32=true"), tmp_path / "tf32", quiet=True)

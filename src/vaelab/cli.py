@@ -45,7 +45,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     ctx = setup(resolve_device(args.device))   # under torchrun: the test images are split across the ranks
     try:
         run = open_run(args.run, str(ctx.device))
-        metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet, ctx=ctx)
+        metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet, ctx=ctx,
+                               autocast=args.autocast)
         barrier(ctx)   # ranks leave together (see train)
     finally:
         teardown(ctx)
@@ -135,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--iw-samples", type=int, help="K importance samples (default: the config's, 5000)")
     e.add_argument("--exact", action="store_true",
                    help="also exact log p(x) by enumerating all 2^D codes (Bernoulli latents, D <= 20; slow past ~12)")
+    e.add_argument("--autocast", choices=["bf16"], default=None,
+                   help="run the decoder under bf16 autocast (log-densities and sums stay fp32): ~1.5x faster on "
+                   "CPUs with AVX512-BF16/AMX and on GPUs; changes log p(x) by ~1e-3 nats (benchmarks/RESULTS.md)")
     e.add_argument("--device", default="auto")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)

@@ -165,6 +165,17 @@ class AutocastNet(nn.Module):
         return out.float()
 
 
+def autocast_twin(model: VAE, autocast: str | None, encoder: bool = True) -> VAE:
+    """`model` itself when `autocast` is None, else a twin sharing its modules (so its parameters) whose decoder,
+    and encoder unless `encoder=False`, run under autocast with fp32 outputs (AutocastNet)."""
+    check_options(False, autocast, torch.device("cpu"))
+    if autocast is None:
+        return model
+    dtype = AUTOCAST_DTYPES[autocast]
+    enc = AutocastNet(model.encoder, dtype) if encoder else model.encoder
+    return type(model)(enc, AutocastNet(model.decoder, dtype), model.latent, model.image_shape)
+
+
 class TrainStep(nn.Module):
     """The model and its estimator as one module, so DDP and torch.compile see every trained parameter (the
     estimator's control networks too) and buffer. `forward(x, kl_weight)` returns the estimator's Estimate.
@@ -174,12 +185,7 @@ class TrainStep(nn.Module):
 
     def __init__(self, model: VAE, estimator: Estimator, autocast: str | None = None) -> None:
         super().__init__()
-        check_options(False, autocast, torch.device("cpu"))
-        if autocast is not None:
-            dtype = AUTOCAST_DTYPES[autocast]
-            model = type(model)(AutocastNet(model.encoder, dtype), AutocastNet(model.decoder, dtype), model.latent,
-                                model.image_shape)
-        self.model, self.estimator = model, estimator
+        self.model, self.estimator = autocast_twin(model, autocast), estimator
 
     def forward(self, x: Tensor, kl_weight: float = 1.0) -> Estimate:
         return self.estimator(self.model, x, kl_weight)

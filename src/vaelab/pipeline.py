@@ -5,6 +5,7 @@ Each takes an opened run (`run.open_run`) and its directory, and merges what it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,16 +31,23 @@ def is_autoencoder(run: LoadedRun) -> bool:
 
 
 def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = None, exact: bool = False,
-                 progress: bool = False, ctx: Context | None = None) -> dict[str, Any]:
+                 progress: bool = False, ctx: Context | None = None, autocast: str | None = None) -> dict[str, Any]:
     """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture), optionally exact log p(x).
 
-    Always in IEEE fp32 on CUDA (no TF32 matmuls or convolutions). Under torchrun (`ctx` from distributed.setup)
-    a VAE's test images are split across the ranks and rank 0 writes the one result; an autoencoder is evaluated
-    by rank 0 alone. Ranks other than 0 return {}."""
-    from .distributed import matmul_precision
+    In IEEE fp32 (no TF32 matmuls or convolutions on CUDA) unless `autocast` ("bf16"): then the decoder runs under
+    bf16 autocast while the encoder, the log-densities and their sums stay fp32; eval.json records it as
+    "decoder_autocast". Under torchrun (`ctx` from distributed.setup) a VAE's test images are split across the ranks
+    and rank 0 writes the one result; an autoencoder is evaluated by rank 0 alone. Ranks other than 0 return {}."""
+    from .distributed import autocast_twin, matmul_precision
 
+    run = dataclasses.replace(run, model=autocast_twin(run.model, autocast, encoder=False))
+    torch.manual_seed(run.cfg.train.seed)          # the same importance samples on every call (ranks reseed)
     with matmul_precision(False, run.device):
-        return _evaluate_run(run, run_dir, iw_samples, exact, progress, ctx)
+        metrics = _evaluate_run(run, run_dir, iw_samples, exact, progress, ctx)
+    if metrics:                                                   # rank 0 (or the only process)
+        metrics["decoder_autocast"] = autocast
+        merge_eval(run_dir, metrics)
+    return metrics
 
 
 def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, exact: bool, progress: bool,
@@ -50,11 +58,8 @@ def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, e
     if ctx is not None and ctx.distributed and not is_autoencoder(run):
         from .distributed import evaluate_sharded
 
-        metrics = evaluate_sharded(run.model, run.data.x_test, k, run.cfg.eval.batch_size, exact, run.cfg.train.seed,
-                                   ctx, progress)
-        if metrics is not None:
-            merge_eval(run_dir, metrics)
-        return metrics or {}
+        return evaluate_sharded(run.model, run.data.x_test, k, run.cfg.eval.batch_size, exact, run.cfg.train.seed,
+                                ctx, progress) or {}
     if ctx is not None and not ctx.is_main:
         return {}
     if is_autoencoder(run):
@@ -63,11 +68,8 @@ def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, e
 
         if exact:
             check_enumerable(run.model)   # refuses: exact enumeration needs a Bernoulli latent
-        metrics = evaluate_autoencoder_run(run, run_dir, k, progress=progress)
-    else:
-        metrics = evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress, exact)
-    merge_eval(run_dir, metrics)
-    return metrics
+        return evaluate_autoencoder_run(run, run_dir, k, progress=progress)
+    return evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress, exact)
 
 
 def sample_grid(run: LoadedRun, run_dir: str | Path, n: int = 100, mode: str = "bernoulli",
