@@ -22,7 +22,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides += [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     overrides += [f"train.device={args.device}"] if args.device else []
     overrides += [f"estimator.name={args.estimator}"] if args.estimator else []
-    overrides += ["train.compile=true"] if args.compile else []
+    overrides += ["train.compile=true", f"train.compile_mode={args.compile}"] if args.compile else []
     if args.resume:
         if args.config or overrides:
             raise VaelabError("--resume takes the run's own config: drop CONFIG and the overrides")
@@ -120,8 +120,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/<config name>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile the training step (sets train.compile; needs a C++ compiler on the CPU)")
+    t.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile the training step (sets train.compile and train.compile_mode: default, or "
+                   "reduce-overhead for CUDA graphs on a GPU; needs a C++ compiler on the CPU)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

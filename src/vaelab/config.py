@@ -50,8 +50,10 @@ class TrainConfig:
     steps_per_epoch: int | None = None   # cap the steps of each epoch (smoke tests); None = whole epoch
     kl_weight: dict[str, Any] = field(default_factory=dict)  # beta schedule (schedules.py); {} = 1; eval uses 1
     compile: bool = False          # torch.compile the training step (distributed.py); first steps pay compile time
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     tf32: bool = False             # CUDA only: TF32 matmuls/convolutions (10-bit mantissa); False = IEEE fp32
     autocast: str | None = None    # "bf16": encoder/decoder of training steps in bf16, log-densities in fp32
+    cuda_graph: bool = False       # CUDA only: replay each whole update (forward, backward, Adam) as one CUDA graph
 
 
 @dataclass

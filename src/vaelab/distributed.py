@@ -36,6 +36,7 @@ from .estimators import Estimate, Estimator
 from .model import VAE
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMEOUT_ENV = "VAELAB_DIST_TIMEOUT_S"   # seconds a collective waits for a stalled rank (default 600)
 
 
@@ -141,8 +142,11 @@ def seed_sampling(seed: int, ctx: Context, *keys: int) -> None:
         torch.manual_seed(rank_seed(seed, ctx, *keys))
 
 
-def check_options(compile: bool, autocast: str | None, device: torch.device) -> None:
+def check_options(compile: bool, autocast: str | None, device: torch.device, compile_mode: str = "default") -> None:
     """Refuse train.compile / train.autocast settings this machine cannot run, before a run directory is made."""
+    if compile_mode not in COMPILE_MODES:
+        raise VaelabError(f"train.compile_mode = {compile_mode!r} is not a torch.compile mode: use one of "
+                          + ", ".join(COMPILE_MODES))
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise VaelabError(f"train.autocast = {autocast!r} is not supported: use bf16, or null for fp32")
     if autocast == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -160,7 +164,8 @@ class AutocastNet(nn.Module):
         self.net, self.dtype = net, dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        # no cache of bf16 weight copies: each network runs once per step, and a CUDA graph cannot hold the cache
+        with torch.autocast(x.device.type, dtype=self.dtype, cache_enabled=False):
             out = self.net(x)
         return out.float()
 
@@ -204,7 +209,7 @@ def unused_parameters(step: TrainStep, x: Tensor) -> list[str]:
 
 
 def make_step(model: VAE, estimator: Estimator, ctx: Context, probe: Tensor, compile: bool = False,
-              autocast: str | None = None) -> Callable[[Tensor, float], Estimate]:
+              autocast: str | None = None, compile_mode: str = "default") -> Callable[[Tensor, float], Estimate]:
     """The training forward: TrainStep, wrapped in DDP when distributed and in torch.compile when asked.
 
     `probe` (a few images) finds parameters the loss does not use, the one case where DDP needs
@@ -220,14 +225,25 @@ def make_step(model: VAE, estimator: Estimator, ctx: Context, probe: Tensor, com
             step, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=bool(unused), **{"forward_sync_buffers" if new_name else "broadcast_buffers": sync})
     if compile:
-        step = compile_step(step)
+        step = compile_step(step, compile_mode)
     return step
 
 
-def compile_step(step: nn.Module) -> Callable[[Tensor, float], Estimate]:
-    """torch.compile of the step's forward (and, through AOTAutograd, its backward); the optimizer stays eager."""
-    check_options(True, None, torch.device("cpu"))
-    return torch.compile(step, dynamic=False)
+def compile_step(step: nn.Module, mode: str = "default") -> Callable[[Tensor, float], Estimate]:
+    """torch.compile of the step's forward (and, through AOTAutograd, its backward); the optimizer stays eager.
+
+    mode="reduce-overhead" replays the compiled forward and backward as CUDA graphs (on CUDA; elsewhere it is the
+    default mode): one launch each instead of dozens of kernels, which is what a small MLP at batch 128 needs on
+    a GPU. Each call marks a new training iteration, so the graphs' output buffers are reused safely."""
+    check_options(True, None, torch.device("cpu"), mode)
+    compiled = torch.compile(step, dynamic=False, mode=None if mode == "default" else mode)
+    if mode not in ("reduce-overhead", "max-autotune"):
+        return compiled
+
+    def graphed(x: Tensor, kl_weight: float = 1.0) -> Estimate:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(x, kl_weight)
+    return graphed
 
 
 @contextlib.contextmanager

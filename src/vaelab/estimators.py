@@ -391,7 +391,8 @@ class IWAE(MultiSample):
         log_ratio = model.prior().log_prob(z) - q.log_prob(z)   # [K, B] log p(z) - log q(z|x)
         log_k = math.log(self.num_samples)
         bound = torch.logsumexp(rec + log_ratio, 0) - log_k     # [B] the bound at beta = 1
-        trained = bound if kl_weight == 1.0 else torch.logsumexp(rec + kl_weight * log_ratio, 0) - log_k
+        at_one = isinstance(kl_weight, float) and kl_weight == 1.0     # a tensor weight (CUDA graphs): no host sync
+        trained = bound if at_one else torch.logsumexp(rec + kl_weight * log_ratio, 0) - log_k
         kl = -log_ratio.mean(0) if model.latent.mc_kl else model.latent.kl(q)  # [B]
         return estimate(-trained.mean(), rec.mean(0), kl, iw_bound=bound)
 

@@ -7,15 +7,18 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import cudagraph, distributed
 from .config import Config
 from .errors import VaelabError
+from .estimators import Estimate
 from .evaluate import elbo_terms
 from .run import atomic_write_text, build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
 from .schedules import Schedule, kl_schedule
@@ -58,11 +61,46 @@ class MemorySink(MetricsSink):
         self.history.append(row)
 
 
-def adam(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
+def adam(params: list[torch.nn.Parameter], lr: float, device: torch.device,
+         capturable: bool = False) -> torch.optim.Adam:
     """Adam with the fused single-kernel update where torch has one (CPU and CUDA): the same update rule, one pass
     over the parameters instead of a dozen; 10x faster than the default on the seed model's 1.1M parameters on CPU
-    (3.3 -> 0.34 ms a step, benchmarks/RESULTS.md). Results differ from the default only in float rounding."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda") or None)
+    (3.3 -> 0.34 ms a step, benchmarks/RESULTS.md). Results differ from the default only in float rounding.
+    `capturable` keeps its step count on the GPU, so a CUDA graph can record the update (cudagraph.py)."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda") or None, capturable=capturable)
+
+
+class Updater:
+    """One optimisation step on a batch: forward, backward, gradient clipping, Adam; the batch's loss, ELBO,
+    reconstruction and KL sums are added to `sums` on the device, so nothing waits for the GPU until the epoch ends.
+
+    `step(x, kl_weight)` is the (DDP-wrapped, compiled) forward of `distributed.make_step`; under torchrun the loss
+    is weighted by this rank's share of the global batch (`distributed.shard`)."""
+
+    def __init__(self, step: Callable[[Tensor, float], Estimate], optim: torch.optim.Optimizer,
+                 grad_clip: float | None, ctx: distributed.Context, device: torch.device) -> None:
+        self.step, self.optim, self.grad_clip, self.ctx = step, optim, grad_clip, ctx
+        self.params = [p for g in optim.param_groups for p in g["params"]]
+        self.sums = torch.zeros(4, device=device)                                # loss, elbo, rec, kl
+
+    def __call__(self, x: Tensor, kl_weight: float | Tensor, weight: float = 1.0) -> None:
+        est = self.step(x, kl_weight)
+        self.optim.zero_grad(set_to_none=True)
+        (est.loss * weight if self.ctx.distributed else est.loss).backward()    # DDP averages the ranks' grads
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optim.step()
+        self.sums += torch.stack([est.loss.detach() * len(x), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
+
+
+def make_update(cfg: Config, model, estimator, optim: torch.optim.Optimizer, ctx: distributed.Context,
+                probe: Tensor) -> Updater | cudagraph.GraphedUpdate:
+    """The per-batch update `train` runs: the (DDP-wrapped, compiled) step of `distributed.make_step` inside an
+    Updater, replayed as a CUDA graph when train.cuda_graph is set on a GPU (`optim` must then be capturable)."""
+    step = distributed.make_step(model, estimator, ctx, probe, cfg.train.compile, cfg.train.autocast,
+                                 cfg.train.compile_mode)
+    update = Updater(step, optim, cfg.train.grad_clip, ctx, ctx.device)
+    return cudagraph.GraphedUpdate(update, optim) if cudagraph.enabled(cfg.train.cuda_graph, ctx.device) else update
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -92,9 +130,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     model, estimator = build(cfg, data, device)
     steps_per_epoch = min(math.ceil(len(data.x_train) / cfg.train.batch_size), cfg.train.steps_per_epoch or math.inf)
     beta = kl_schedule(cfg.train.kl_weight, steps_per_epoch)   # validated before any training
-    distributed.check_options(cfg.train.compile, cfg.train.autocast, device)
+    distributed.check_options(cfg.train.compile, cfg.train.autocast, device, cfg.train.compile_mode)
+    cudagraph.check(cfg.train.cuda_graph, cfg.train.compile_mode, ctx.distributed)
     params = [*model.parameters(), *estimator.parameters()]
-    optim = adam(params, cfg.train.lr, device)
+    optim = adam(params, cfg.train.lr, device, capturable=cudagraph.enabled(cfg.train.cuda_graph, device))
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
     if resume:
         load_weights(model, estimator, tensors)
@@ -106,7 +145,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    step = distributed.make_step(model, estimator, ctx, data.x_valid[:8], cfg.train.compile, cfg.train.autocast)
+    update = make_update(cfg, model, estimator, optim, ctx, data.x_valid[:8])
     sink = MetricsSink(run_dir, state["history"]) if ctx.is_main else MemorySink(run_dir, state["history"])
     show = not quiet and sys.stderr.isatty()
     scope = contextlib.ExitStack()
@@ -114,7 +153,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     try:
         for epoch in range(state["epoch"], cfg.train.epochs):
             distributed.seed_sampling(cfg.train.seed, ctx, epoch)   # per-rank noise; one process: no-op
-            row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show, beta, step, ctx)
+            row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show, beta, ctx=ctx, update=update)
             model.eval()
             row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, data.x_valid).items()}
             model.train()
@@ -139,36 +178,31 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
 
 def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator, epoch: int,
                 show_progress: bool, beta: Schedule = lambda step: 1.0, step=None,
-                ctx: distributed.Context | None = None) -> dict[str, Any]:
+                ctx: distributed.Context | None = None, update: Updater | None = None) -> dict[str, Any]:
     """One pass over a fresh permutation; sums stay on the device and are read once at the end.
 
     `beta(step)` weights the trained KL (train_loss); train_elbo/rec/kl are the unweighted ELBO terms.
-    `step(x, kl_weight)` is the (DDP-wrapped, compiled) forward of `distributed.make_step`, by default
-    `estimator(model, x, kl_weight)`; under torchrun `ctx` gives this rank's share of each batch."""
-    if step is None:
-        step = lambda x, kl_weight: estimator(model, x, kl_weight)  # noqa: E731
+    `update` (an Updater, maybe graphed) takes each batch; by default one around `step(x, kl_weight)`, itself by
+    default `estimator(model, x, kl_weight)`; under torchrun `ctx` gives this rank's share of each batch."""
     ctx = ctx or distributed.Context(device=data.x_train.device)
+    if update is None:
+        step = step or (lambda x, kl_weight: estimator(model, x, kl_weight))
+        update = Updater(step, optim, cfg.train.grad_clip, ctx, data.x_train.device)
     t0 = time.perf_counter()
     model.train()
     x_epoch = data.train_epoch_images(gen)                                       # [N, P]
     batches = torch.randperm(len(x_epoch), generator=gen, device=gen.device).split(cfg.train.batch_size)
     batches = batches[: cfg.train.steps_per_epoch] if cfg.train.steps_per_epoch else batches
     batches = distributed.keep_batches(batches, ctx)                             # every rank gets >= 1 image
-    sums = torch.zeros(4, device=x_epoch.device)                                 # loss, elbo, rec, kl
+    update.sums.zero_()
     step0, beta_sum = epoch * len(batches), 0.0
     for i, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_progress,
                                  leave=False)):
         kl_weight = beta(step0 + i)                                              # a python float: no host sync
         beta_sum += kl_weight
         local, weight = distributed.shard(idx, ctx)                              # one process: idx, 1.0
-        est = step(x_epoch[local], kl_weight)
-        optim.zero_grad(set_to_none=True)
-        (est.loss * weight if ctx.distributed else est.loss).backward()         # DDP averages the ranks' grads
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in optim.param_groups for p in g["params"]], cfg.train.grad_clip)
-        optim.step()
-        sums += torch.stack([est.loss.detach() * len(local), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
-    sums = distributed.all_reduce_sum(sums, ctx)                                 # one collective per epoch
+        update(x_epoch[local], kl_weight, weight)
+    sums = distributed.all_reduce_sum(update.sums.clone(), ctx)                  # one collective per epoch
     n = sum(len(i) for i in batches)
     loss, elbo, rec, kl = (sums / n).tolist()
     if not torch.isfinite(sums).all():
