@@ -23,9 +23,11 @@ from vaelab.run import build, prepare_data, resolve_device
 from vaelab.train import adam, train_epoch
 
 
-def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 20) -> float:
-    """Measured fp32 matmul throughput of this device: the ceiling for MLP training."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 20,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul throughput of this device in `dtype` (fp32 follows the current TF32 setting on CUDA): the
+    ceiling for MLP training."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync(device)
@@ -47,11 +49,13 @@ def flops_per_sample(sizes: list[int]) -> float:
     return 6.0 * macs
 
 
-def plain_epoch(x_raw: torch.Tensor, enc: nn.Module, dec: nn.Module, opt, batch: int, gen) -> float:
-    """The minimal eager loop a researcher would write: reparameterize, BCE, analytic KL, Adam."""
+def plain_epoch(x_raw: torch.Tensor, enc: nn.Module, dec: nn.Module, opt, batch: int, gen,
+                steps: int | None = None) -> float:
+    """The minimal eager loop a researcher would write: reparameterize, BCE, analytic KL, Adam (`steps` caps the
+    batches of the epoch)."""
     t = time.perf_counter()
     x_epoch = torch.bernoulli(x_raw, generator=gen)
-    for idx in torch.randperm(len(x_epoch), generator=gen, device=x_raw.device).split(batch):
+    for idx in torch.randperm(len(x_epoch), generator=gen, device=x_raw.device).split(batch)[:steps]:
         xb = x_epoch[idx]
         mu, logvar = enc(xb).chunk(2, -1)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)

@@ -45,6 +45,18 @@ def test_graphed_autoencoder_update_matches_eager(tmp_path):
 
 
 @cuda
+@pytest.mark.slow
+def test_graphed_compiled_update_matches_eager(tmp_path):
+    # torch.compile inside the graph: the step must be compiled during warm-up (the KL weight already a device
+    # scalar there), never inside the capture, where compiling is not allowed
+    common = ("estimator.name=ae", "model.latent=deterministic", "train.epochs=2", "train.device=cuda")
+    train(tiny_config(*common), tmp_path / "eager", quiet=True)
+    train(tiny_config(*common, *GRAPHED, "train.compile=true"), tmp_path / "graphed", quiet=True)
+    diff = max_difference(weights(tmp_path / "eager"), weights(tmp_path / "graphed"))
+    assert diff < 1e-4, diff
+
+
+@cuda
 def test_graphed_vae_draws_fresh_noise_and_learns_like_eager(tmp_path):
     # reparam samples inside the graph; frozen noise (one eps replayed forever) would still lower the loss, so the
     # check is against the eager run: per-epoch train ELBO within 0.5 nats (Monte Carlo noise of 1297 images is

@@ -37,15 +37,20 @@ class GraphedUpdate:
         self.sums = update.sums                            # the metric sums the captured update adds to
         self.graphs: dict[torch.Size, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self.calls: dict[torch.Size, int] = {}
+        self.kl_weights: dict[torch.Size, Tensor] = {}
 
     def __call__(self, x: Tensor, kl_weight: float, weight: float = 1.0) -> None:
         if x.shape not in self.graphs:
+            # warm-up and capture both see the KL weight as a device scalar, so a compiled step is compiled for
+            # that input during warm-up and never recompiles inside the capture
+            static_kl_weight = self.kl_weights.setdefault(x.shape, torch.zeros((), device=x.device))
+            static_kl_weight.fill_(kl_weight)
             done = self.calls.get(x.shape, 0)
             if done < self.warmup:
                 self.calls[x.shape] = done + 1
-                self._on_side_stream(lambda: self.update(x, kl_weight, weight))
+                self._on_side_stream(lambda: self.update(x, static_kl_weight, weight))
                 return
-            self.graphs[x.shape] = self._capture(x, kl_weight, weight)
+            self.graphs[x.shape] = self._capture(x, static_kl_weight, weight)
         graph, static_x, static_kl_weight = self.graphs[x.shape]
         static_x.copy_(x)
         static_kl_weight.fill_(kl_weight)
@@ -59,8 +64,9 @@ class GraphedUpdate:
             fn()
         torch.cuda.current_stream().wait_stream(side)
 
-    def _capture(self, x: Tensor, kl_weight: float, weight: float) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
-        static_x, static_kl_weight = x.clone(), torch.tensor(float(kl_weight), device=x.device)
+    def _capture(self, x: Tensor, static_kl_weight: Tensor,
+                 weight: float) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+        static_x = x.clone()
         self.optimizer.zero_grad(set_to_none=True)       # the captured backward allocates the gradients itself
         graph = torch.cuda.CUDAGraph()
         try:
