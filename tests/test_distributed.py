@@ -187,6 +187,22 @@ def test_compiled_step_matches_eager(tmp_path):
     assert abs(eager[0]["train_elbo"] - compiled[0]["train_elbo"]) < 1e-3
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_step_is_not_recompiled_as_the_kl_weight_changes(tmp_path, monkeypatch):
+    # a KL warm-up changes the weight at every step; as a Python float it would recompile the step each time
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        pytest.skip("torch.compile on the CPU needs a C++ compiler (g++/clang++) on PATH")
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    history = train(tiny_config("train.epochs=2", "train.steps_per_epoch=8", "train.compile=true",
+                                "train.kl_weight={kind: linear, start: 0.0, beta: 1.0, warmup_steps: 16}"),
+                    tmp_path / "run", quiet=True)
+    assert [round(r["kl_weight"], 4) for r in history] == [0.2188, 0.7188]   # means of 0/16..7/16 and 8/16..15/16
+
+
 # ------------------------------------------------------------------------------------------ two Gloo processes
 
 

@@ -59,7 +59,7 @@ def test_exact_loglik_equals_a_brute_force_loop_over_codes_and_pixels():
 def test_exact_loglik_is_chunk_independent_and_above_the_elbo(monkeypatch):
     model, x = tiny_model(4), batch(7)
     whole = exact_loglik(model, x)
-    monkeypatch.setattr(exact_mod, "chunk_rows", lambda device: 5)     # one code per chunk
+    monkeypatch.setattr(exact_mod, "chunk_rows", lambda device, pixels: 5)     # one code per chunk
     torch.testing.assert_close(exact_loglik(model, x, batch_size=3), whole)
     with torch.no_grad():
         elbo = exact_elbo(model, x)
@@ -86,7 +86,7 @@ def test_iw_estimate_approaches_exact_loglik_as_k_grows():
 
 def test_exact_grad_matches_finite_differences(monkeypatch):
     model, x = tiny_model(3), batch(4)
-    monkeypatch.setattr(exact_mod, "chunk_rows", lambda device: 8)     # 2 codes per chunk: accumulation
+    monkeypatch.setattr(exact_mod, "chunk_rows", lambda device, pixels: 8)     # 2 codes per chunk: accumulation
     params = list(model.parameters())
     grad = exact_grad(model, x, params)
     flat = torch.nn.utils.parameters_to_vector(params).detach()

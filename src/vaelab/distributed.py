@@ -229,21 +229,25 @@ def make_step(model: VAE, estimator: Estimator, ctx: Context, probe: Tensor, com
     return step
 
 
-def compile_step(step: nn.Module, mode: str = "default") -> Callable[[Tensor, float], Estimate]:
+def compile_step(step: nn.Module, mode: str = "default") -> Callable[[Tensor, float | Tensor], Estimate]:
     """torch.compile of the step's forward (and, through AOTAutograd, its backward); the optimizer stays eager.
 
+    The KL weight reaches the compiled code as a device scalar: torch.compile specialises on Python floats, so a
+    KL warm-up schedule would otherwise recompile at every step and, past dynamo's recompile limit, run eagerly.
     mode="reduce-overhead" replays the compiled forward and backward as CUDA graphs (on CUDA; elsewhere it is the
-    default mode): one launch each instead of dozens of kernels, which is what a small MLP at batch 128 needs on
-    a GPU. Each call marks a new training iteration, so the graphs' output buffers are reused safely."""
+    default mode); each call then marks a new training iteration, so the graphs' output buffers are reused safely."""
     check_options(True, None, torch.device("cpu"), mode)
     compiled = torch.compile(step, dynamic=False, mode=None if mode == "default" else mode)
-    if mode not in ("reduce-overhead", "max-autotune"):
-        return compiled
+    graphs = mode in ("reduce-overhead", "max-autotune")
+    scalars: dict[torch.device, Tensor] = {}
 
-    def graphed(x: Tensor, kl_weight: float = 1.0) -> Estimate:
-        torch.compiler.cudagraph_mark_step_begin()
+    def run(x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
+        if not isinstance(kl_weight, Tensor):
+            kl_weight = scalars.setdefault(x.device, torch.zeros((), device=x.device)).fill_(kl_weight)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         return compiled(x, kl_weight)
-    return graphed
+    return run
 
 
 @contextlib.contextmanager

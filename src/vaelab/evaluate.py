@@ -14,13 +14,20 @@ from .latents import PointMass
 from .model import VAE
 
 # Rows (samples x images) decoded at once, per device type; bounds memory whatever K is (~rows * P floats). On a
-# CPU ~2k rows keep each tensor at a few MB, in cache: measured 3x faster than 32k rows (benchmarks/RESULTS.md).
-ROWS_PER_CHUNK = {"cpu": 2048, "cuda": 1 << 16}
+# CPU ~2k rows keep each tensor at a few MB, in cache: measured 3x faster than 32k rows. On an H200, K = 5000 over
+# the 10,000 test images took 3.27 s with 16k rows, 1.84 s with 64k and 1.56 s with 256k (benchmarks/RESULTS.md),
+# so a GPU takes up to 256k rows, fewer where a quarter of its free memory would not hold them.
+ROWS_PER_CHUNK = {"cpu": 2048, "cuda": 1 << 18}
+BYTES_PER_PIXEL_ROW = 64   # ~16 fp32 temporaries per decoded pixel: logits, log-density terms, their sums
 
 
-def chunk_rows(device: torch.device) -> int:
-    """How many decoded rows (samples x images) one chunk holds on `device`."""
-    return ROWS_PER_CHUNK.get(device.type, ROWS_PER_CHUNK["cpu"])
+def chunk_rows(device: torch.device, pixels: int = 784) -> int:
+    """How many decoded rows (samples x images) of `pixels` pixels one chunk holds on `device`."""
+    rows = ROWS_PER_CHUNK.get(device.type, ROWS_PER_CHUNK["cpu"])
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        rows = min(rows, max(1024, free // 4 // (pixels * BYTES_PER_PIXEL_ROW)))
+    return rows
 
 
 @torch.no_grad()
@@ -51,7 +58,7 @@ def iw_loglik(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500, progr
     out = []
     for xb in tqdm(x.split(batch_size), desc=f"IW log-likelihood K={k}", disable=not progress, leave=False):
         q = proposal(xb)
-        per_chunk = max(1, chunk_rows(xb.device) // xb.shape[0])
+        per_chunk = max(1, chunk_rows(xb.device, xb.shape[1]) // xb.shape[0])
         lse = []
         for start in range(0, k, per_chunk):
             z = q.sample((min(per_chunk, k - start),))              # [S, B, D]

@@ -42,7 +42,7 @@ def check_enumerable(model: VAE, max_dim: int = MAX_EXACT_DIM) -> int:
 def code_chunks(model: VAE, like: Tensor, rows: int) -> list[Tensor]:
     """All codes on `like`'s device and dtype, split so that a chunk times `rows` images stays under the budget."""
     codes = all_codes(model.latent.dim, like.dtype, like.device)
-    return list(codes.split(max(1, chunk_rows(like.device) // max(rows, 1))))
+    return list(codes.split(max(1, chunk_rows(like.device, like.shape[-1]) // max(rows, 1))))
 
 
 @torch.no_grad()
