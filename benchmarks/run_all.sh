@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The by-hand benchmarks, run one after another on a quiet machine (each writes under benchmarks/runs/ and
 # benchmarks/results/; `python benchmarks/summarize.py` then prints the tables that RESULTS.md quotes).
-#   bash benchmarks/run_all.sh [speed|iw|estimators|remedies|ae|literature|full ...]   (default: the first five)
+#   bash benchmarks/run_all.sh [speed|iw|estimators|remedies|ae|literature|pythae|full ...]   (default: the first five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin/vaelab
@@ -45,6 +45,17 @@ literature)  # issue 2: the literature presets within a CPU budget, K = 5000 on 
   train lit_static configs/literature/vae_784_400_40_static.yaml --epochs 10
   train lit_iwae configs/literature/iwae_vae_1layer.yaml --epochs 5
   for d in "$R"/lit_*; do [ -f "$d/eval.json" ] || $V evaluate "$d" --iw-samples 5000 --quiet > /dev/null; done ;;
+pythae)  # issue 8: vaelab vs Pythae 0.1.2 (its own venv, $PYTHAE_VENV), alternating, 5 rounds of 3 epochs each
+  P=${PYTHAE_VENV:-.venv-pythae}
+  [ -x "$P/bin/python" ] || { python3 -m venv "$P" && "$P/bin/pip" install -q torch==2.13.0 && "$P/bin/pip" install -q pythae==0.1.2; }
+  C=benchmarks/pythae_compare.py
+  rm -rf "$R/pythae" && .venv/bin/python $C export "$R/pythae"
+  for r in 0 1 2 3 4; do
+    .venv/bin/python $C vaelab "$R/pythae" --round $r          # fp32 first: its weights feed Pythae's get_nll
+    "$P/bin/python" $C pythae "$R/pythae" --round $r > "$R/pythae/pythae$r.log" 2>&1
+    for v in bf16 bf16-compile fp32-compile; do .venv/bin/python $C vaelab "$R/pythae" --round $r --variant $v; done
+  done
+  .venv/bin/python $C report "$R/pythae" ;;
 full) time $V reproduce --out reports/full ;;
-*) echo "unknown part $part: speed iw estimators remedies ae literature full" >&2; exit 2 ;;
+*) echo "unknown part $part: speed iw estimators remedies ae literature pythae full" >&2; exit 2 ;;
 esac; done

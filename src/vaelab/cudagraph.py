@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .train import Updater
 
 
-
 class GraphedUpdate:
     """`update` replayed as a CUDA graph, one per batch shape (an epoch's last, smaller batch gets its own).
 
