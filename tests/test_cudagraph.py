@@ -94,6 +94,17 @@ def test_graphed_kl_warmup_follows_the_schedule(tmp_path):
         assert abs(e["train_loss"] - g["train_loss"]) < 0.5, (e, g)
 
 
+@cuda
+def test_graphed_update_follows_a_learning_rate_schedule(tmp_path):
+    # a capture holds Adam's rate as a constant: each new rate must give new graphs, or the weights drift from eager
+    common = ("estimator.name=ae", "model.latent=deterministic", "train.epochs=5", "train.device=cuda",
+              "train.lr_schedule={kind: exponential, gamma: 0.3}")
+    train(tiny_config(*common), tmp_path / "eager", quiet=True)
+    train(tiny_config(*common, *GRAPHED), tmp_path / "graphed", quiet=True)
+    diff = max_difference(weights(tmp_path / "eager"), weights(tmp_path / "graphed"))
+    assert diff < 1e-4, diff
+
+
 def test_cuda_graph_is_a_no_op_on_the_cpu(tmp_path):
     train(tiny_config("train.epochs=1", "train.device=cpu"), tmp_path / "plain", quiet=True)
     train(tiny_config("train.epochs=1", "train.device=cpu", *GRAPHED), tmp_path / "graphed", quiet=True)

@@ -1,4 +1,5 @@
-"""KL weight schedules: the stated values, strict validation, and a beta-weighted run that still reports the ELBO."""
+"""KL weight and learning-rate schedules: the stated values, strict validation, runs that follow them (a beta-weighted
+run still reports the ELBO; a resumed run continues the learning-rate schedule)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch.distributions import Normal, kl_divergence
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.run import open_run
-from vaelab.schedules import kl_schedule, kl_weight
+from vaelab.schedules import kl_schedule, kl_weight, lr_schedule
 from vaelab.train import train
 
 
@@ -109,3 +110,57 @@ def test_the_remedies_cover_the_issue():
     stems = {p.stem for p in REMEDIES}
     assert {"bernoulli_kl_beta", "bernoulli_kl_warmup", "bernoulli_kl_cyclical", "bernoulli_conv",
             "bernoulli_autoregressive", "gaussian_conv", "gaussian_iwae", "gaussian_iaf"} <= stems
+
+
+# ------------------------------------------------------------------------------------- learning-rate schedules
+
+
+def test_iwae_learning_rate_schedule_follows_burda_et_al():
+    # Burda et al. 2016, section 5: 3^i epochs at 10^(-i/7), i = 0..7: stages start at epochs 0, 1, 4, 13, 40, ...
+    factor = lr_schedule({"kind": "iwae"})
+    starts = [0, *[sum(3**j for j in range(i)) for i in range(1, 8)]]          # 0, 1, 4, 13, 40, 121, 364, 1093
+    assert starts[-1] + 3**7 == 3280
+    for i, start in enumerate(starts):
+        assert factor(start) == pytest.approx(10 ** (-i / 7))
+        assert start == 0 or factor(start - 1) == pytest.approx(10 ** (-(i - 1) / 7))
+    assert factor(3279) == factor(10_000) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"kind": "cosine"}, "unknown train.lr_schedule.kind 'cosine'"),
+    ({"kind": "exponential"}, r"gamma = None must lie in \(0, 1\]"),
+    ({"kind": "exponential", "gamma": 1.5}, r"must lie in \(0, 1\]"),
+    ({"kind": "iwae", "gamma": 0.5}, "unknown key.*gamma.*valid keys are kind"),
+])
+def test_bad_learning_rate_schedules_are_refused(spec, message):
+    with pytest.raises(VaelabError, match=message):
+        lr_schedule(spec)
+
+
+def test_learning_rate_schedule_drives_adam(tmp_path):
+    history = train(tiny_config("train.epochs=3", "train.lr_schedule={kind: exponential, gamma: 0.5}",
+                                "train.adam_eps=1e-4"), tmp_path / "run", quiet=True)
+    assert [r["lr"] for r in history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
+    group = state["optim"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(2.5e-4) and group["eps"] == 1e-4
+
+
+def test_resumed_run_continues_the_learning_rate_schedule(tmp_path, monkeypatch):
+    # interrupted in its third epoch, the run resumes there at gamma^2, not at the base rate
+    import vaelab.train as train_mod
+
+    real_epoch = train_mod.train_epoch
+
+    def dying_epoch(cfg, *args, **kwargs):
+        if args[5] == 2:                                   # epoch index 2
+            raise KeyboardInterrupt
+        return real_epoch(cfg, *args, **kwargs)
+
+    cfg = tiny_config("train.epochs=3", "train.lr_schedule={kind: exponential, gamma: 0.5}")
+    monkeypatch.setattr(train_mod, "train_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", quiet=True)
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    history = train(None, tmp_path / "run", resume=True, quiet=True)
+    assert [r["lr"] for r in history] == pytest.approx([1e-3, 5e-4, 2.5e-4])

@@ -44,6 +44,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: dict[str, Any] = field(default_factory=dict)  # lr(epoch) = lr * factor (schedules.py); {} = constant
+    adam_eps: float = 1e-8         # Adam's epsilon (Burda et al. 2016 use 1e-4)
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     grad_clip: float | None = None

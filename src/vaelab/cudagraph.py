@@ -29,7 +29,8 @@ class GraphedUpdate:
 
     The first `warmup` calls for a shape run eagerly on a side stream (they are real training steps: cuBLAS
     workspaces, autograd's streams and Adam's state are created there, never inside the capture); the next call
-    captures the update and replays it."""
+    captures the update and replays it. A change of learning rate (train.lr_schedule, at an epoch boundary) drops
+    the graphs, which are captured anew at the new rate."""
 
     def __init__(self, update: Updater, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
         self.update, self.optimizer, self.warmup = update, optimizer, warmup
@@ -37,8 +38,14 @@ class GraphedUpdate:
         self.graphs: dict[torch.Size, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self.calls: dict[torch.Size, int] = {}
         self.kl_weights: dict[torch.Size, Tensor] = {}
+        self.lrs: list[float] = []                         # the learning rates the graphs were captured with
 
     def __call__(self, x: Tensor, kl_weight: float, weight: float = 1.0) -> None:
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        if lrs != self.lrs:         # a capture holds Adam's rate as a constant: a new rate needs new graphs
+            self.graphs.clear()
+            self.calls.clear()
+            self.lrs = lrs
         if x.shape not in self.graphs:
             # warm-up and capture both see the KL weight as a device scalar, so a compiled step is compiled for
             # that input during warm-up and never recompiles inside the capture

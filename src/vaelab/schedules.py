@@ -1,4 +1,5 @@
-"""KL weight schedules beta(step) for the trained objective E_q[log p(x|z)] - beta * KL (`train.kl_weight`).
+"""KL weight schedules beta(step) for the trained objective E_q[log p(x|z)] - beta * KL (`train.kl_weight`), and
+learning-rate schedules lr(epoch) = train.lr * factor(epoch) (`train.lr_schedule`).
 
 A schedule is a small mapping in the config, for example
   {}                                                     constant 1: the plain ELBO
@@ -7,6 +8,13 @@ A schedule is a small mapping in the config, for example
   {kind: cyclical, beta: 1.0, cycle_epochs: 10, ratio: 0.5, cycles: 4}   cyclical annealing (Fu et al. 2019)
 Durations are given in optimizer steps (`*_steps`) or in epochs (`*_epochs`, converted with the steps per epoch).
 Only training sees beta: the reported ELBO and every evaluation are always the true ELBO (beta = 1).
+
+Learning-rate schedules change the rate at epoch boundaries, a pure function of the epoch (so a resumed run
+continues on the same schedule):
+  {}                                   constant train.lr
+  {kind: exponential, gamma: 0.99}     train.lr * gamma^epoch
+  {kind: iwae}                         Burda et al. 2016, section 5: 3^i epochs at train.lr * 10^(-i/7), i = 0..7
+                                       (3,280 epochs), then the last rate
 """
 
 from __future__ import annotations
@@ -87,18 +95,56 @@ KINDS: dict[str, tuple[Callable[[dict[str, Any], int | None], Schedule], frozens
 }
 
 
-def kl_schedule(spec: dict[str, Any] | None, steps_per_epoch: int | None = None) -> Schedule:
-    """Validate a `train.kl_weight` mapping once and return step -> beta (a plain float, cheap per step)."""
+def _lr_exponential(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
+    """gamma^epoch (torch.optim.lr_scheduler.ExponentialLR stepped once an epoch)."""
+    gamma = spec.get("gamma")
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0 < gamma <= 1:
+        raise VaelabError(f"train.lr_schedule.gamma = {gamma!r} must lie in (0, 1]: e.g. gamma: 0.99")
+    return lambda epoch: float(gamma) ** epoch
+
+
+def _lr_iwae(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
+    """Burda, Grosse & Salakhutdinov 2016, section 5: stage i (i = 0..7) lasts 3^i epochs at 10^(-i/7) times the
+    base rate; 3,280 epochs in all, after which the last rate stays."""
+    def factor(epoch: int) -> float:
+        stage, end = 0, 1                                   # stage 0 is epoch 0 alone
+        while epoch >= end and stage < 7:
+            stage += 1
+            end += 3**stage
+        return 10 ** (-stage / 7)
+
+    return factor
+
+
+LR_KINDS: dict[str, tuple[Callable[[dict[str, Any], int | None], Schedule], frozenset[str]]] = {
+    "constant": (lambda spec, steps: lambda epoch: 1.0, frozenset()),
+    "exponential": (_lr_exponential, frozenset({"gamma"})),
+    "iwae": (_lr_iwae, frozenset()),
+}
+
+
+def _build(spec: dict[str, Any] | None, kinds: dict, key: str, steps_per_epoch: int | None) -> Schedule:
+    """Validate a schedule mapping of config key `key` against its `kinds` and build it."""
     spec = {"kind": "constant", **(spec or {})}
     kind = spec["kind"]
-    if kind not in KINDS:
-        raise VaelabError(f"unknown train.kl_weight.kind {kind!r}: choose one of {', '.join(KINDS)}")
-    build, keys = KINDS[kind]
+    if kind not in kinds:
+        raise VaelabError(f"unknown {key}.kind {kind!r}: choose one of {', '.join(kinds)}")
+    build, keys = kinds[kind]
     unknown = sorted(set(spec) - keys - {"kind"})
     if unknown:
-        raise VaelabError(f"unknown key(s) {', '.join(unknown)} in train.kl_weight of kind {kind!r}: "
-                          f"valid keys are kind, {', '.join(sorted(keys))}")
+        raise VaelabError(f"unknown key(s) {', '.join(unknown)} in {key} of kind {kind!r}: "
+                          f"valid keys are {', '.join(['kind', *sorted(keys)])}")
     return build(spec, steps_per_epoch)
+
+
+def kl_schedule(spec: dict[str, Any] | None, steps_per_epoch: int | None = None) -> Schedule:
+    """Validate a `train.kl_weight` mapping once and return step -> beta (a plain float, cheap per step)."""
+    return _build(spec, KINDS, "train.kl_weight", steps_per_epoch)
+
+
+def lr_schedule(spec: dict[str, Any] | None) -> Schedule:
+    """Validate a `train.lr_schedule` mapping once and return epoch -> factor of train.lr."""
+    return _build(spec, LR_KINDS, "train.lr_schedule", None)
 
 
 def kl_weight(spec: dict[str, Any] | None, step: int, steps_per_epoch: int | None = None) -> float:

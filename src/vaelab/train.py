@@ -21,7 +21,7 @@ from .errors import VaelabError
 from .estimators import Estimate
 from .evaluate import elbo_terms
 from .run import atomic_write_text, build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
-from .schedules import Schedule, kl_schedule
+from .schedules import Schedule, kl_schedule, lr_schedule
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoint", "checkpoint.old")
 
@@ -62,12 +62,13 @@ class MemorySink(MetricsSink):
 
 
 def adam(params: list[torch.nn.Parameter], lr: float, device: torch.device,
-         capturable: bool = False) -> torch.optim.Adam:
+         capturable: bool = False, eps: float = 1e-8) -> torch.optim.Adam:
     """Adam with the fused single-kernel update where torch has one (CPU and CUDA): the same update rule, one pass
     over the parameters instead of a dozen; 10x faster than the default on the seed model's 1.1M parameters on CPU
     (3.3 -> 0.34 ms a step, benchmarks/RESULTS.md). Results differ from the default only in float rounding.
     `capturable` keeps its step count on the GPU, so a CUDA graph can record the update (cudagraph.py)."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda") or None, capturable=capturable)
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=device.type in ("cpu", "cuda") or None,
+                            capturable=capturable)
 
 
 class Updater:
@@ -133,7 +134,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     distributed.check_options(cfg.train.compile, cfg.train.autocast, device, cfg.train.compile_mode)
     cudagraph.check(cfg.train.cuda_graph, cfg.train.compile_mode, ctx.distributed)
     params = [*model.parameters(), *estimator.parameters()]
-    optim = adam(params, cfg.train.lr, device, capturable=cudagraph.enabled(cfg.train.cuda_graph, device))
+    optim = adam(params, cfg.train.lr, device, capturable=cudagraph.enabled(cfg.train.cuda_graph, device),
+                 eps=cfg.train.adam_eps)
+    lr_at = lr_schedule(cfg.train.lr_schedule)                 # epoch -> factor; validated before any training
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
     if resume:
         load_weights(model, estimator, tensors)
@@ -153,6 +156,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     try:
         for epoch in range(state["epoch"], cfg.train.epochs):
             distributed.seed_sampling(cfg.train.seed, ctx, epoch)   # per-rank noise; one process: no-op
+            for group in optim.param_groups:
+                group["lr"] = cfg.train.lr * lr_at(epoch)
             row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show, beta, ctx=ctx, update=update)
             model.eval()
             row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, data.x_valid).items()}
@@ -209,4 +214,5 @@ def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator
         raise VaelabError(f"training diverged in epoch {epoch + 1} (loss {loss}): lower train.lr or set "
                           "train.grad_clip; the last good checkpoint is kept")
     return {"epoch": epoch + 1, "train_loss": loss, "train_elbo": elbo, "train_rec": rec, "train_kl": kl,
-            "kl_weight": beta_sum / len(batches), "seconds": time.perf_counter() - t0, "steps": len(batches)}
+            "kl_weight": beta_sum / len(batches), "lr": optim.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0, "steps": len(batches)}
