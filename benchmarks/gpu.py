@@ -34,7 +34,7 @@ from vaelab.run import build, open_run, prepare_data, resolve_device
 from vaelab.train import adam, make_update, train_epoch
 
 MODELS = {"seed": "configs/gaussian_vae.yaml", "iwae": "configs/literature/iwae_vae_1layer.yaml"}
-# (name, config overrides, compiled); "plain" is the minimal eager loop of benchmarks/speed.py
+# variant -> config overrides; "plain" (no entry) is the minimal eager loop of benchmarks/speed.py
 VARIANTS = {"fp32": [], "tf32": ["train.tf32=true"], "bf16": ["train.autocast=bf16"],
             "compile": ["train.compile=true"], "compile-cudagraphs": ["train.compile=true",
                                                                      "train.compile_mode=reduce-overhead"],
@@ -80,8 +80,8 @@ class Bench:
         self.put("section_seconds", name, time.time() - t)
 
 
-def config(model: str, batch: int, variant: str, smoke: bool, extra: list[str] = ()):
-    sets = [f"train.batch_size={batch}", *VARIANTS.get(variant, []), *extra]
+def config(model: str, batch: int, variant: str, smoke: bool):
+    sets = [f"train.batch_size={batch}", *VARIANTS.get(variant, [])]
     return load_config(MODELS[model], sets + (["data.source=digits"] if smoke else []))
 
 

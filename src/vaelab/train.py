@@ -79,10 +79,10 @@ class Updater:
     is weighted by this rank's share of the global batch (`distributed.shard`)."""
 
     def __init__(self, step: Callable[[Tensor, float], Estimate], optim: torch.optim.Optimizer,
-                 grad_clip: float | None, ctx: distributed.Context, device: torch.device) -> None:
+                 grad_clip: float | None, ctx: distributed.Context) -> None:
         self.step, self.optim, self.grad_clip, self.ctx = step, optim, grad_clip, ctx
         self.params = [p for g in optim.param_groups for p in g["params"]]
-        self.sums = torch.zeros(4, device=device)                                # loss, elbo, rec, kl
+        self.sums = torch.zeros(4, device=ctx.device)                            # loss, elbo, rec, kl
 
     def __call__(self, x: Tensor, kl_weight: float | Tensor, weight: float = 1.0) -> None:
         est = self.step(x, kl_weight)
@@ -100,7 +100,7 @@ def make_update(cfg: Config, model, estimator, optim: torch.optim.Optimizer, ctx
     Updater, replayed as a CUDA graph when train.cuda_graph is set on a GPU (`optim` must then be capturable)."""
     step = distributed.make_step(model, estimator, ctx, probe, cfg.train.compile, cfg.train.autocast,
                                  cfg.train.compile_mode)
-    update = Updater(step, optim, cfg.train.grad_clip, ctx, ctx.device)
+    update = Updater(step, optim, cfg.train.grad_clip, ctx)
     return cudagraph.GraphedUpdate(update, optim) if cudagraph.enabled(cfg.train.cuda_graph, ctx.device) else update
 
 
@@ -192,7 +192,7 @@ def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator
     ctx = ctx or distributed.Context(device=data.x_train.device)
     if update is None:
         step = step or (lambda x, kl_weight: estimator(model, x, kl_weight))
-        update = Updater(step, optim, cfg.train.grad_clip, ctx, data.x_train.device)
+        update = Updater(step, optim, cfg.train.grad_clip, ctx)
     t0 = time.perf_counter()
     model.train()
     x_epoch = data.train_epoch_images(gen)                                       # [N, P]
