@@ -30,8 +30,9 @@ from vaelab import cudagraph, distributed
 from vaelab.config import load_config
 from vaelab.evaluate import ROWS_PER_CHUNK, iw_loglik
 from vaelab.nets import mlp
+from vaelab.optim import adam
 from vaelab.run import build, open_run, prepare_data, resolve_device
-from vaelab.train import adam, make_update, train_epoch
+from vaelab.train import make_update, train_epoch
 
 MODELS = {"seed": "configs/gaussian_vae.yaml", "iwae": "configs/literature/iwae_vae_1layer.yaml"}
 # variant -> config overrides; "plain" (no entry) is the minimal eager loop of benchmarks/speed.py

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab.config import load_config
+from vaelab.optim import adam
 from vaelab.run import build, prepare_data, resolve_device
-from vaelab.train import adam, train_epoch
+from vaelab.train import train_epoch
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 20,

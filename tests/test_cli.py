@@ -112,3 +112,18 @@ def test_cuda_requested_without_gpu(cli, tmp_path):
         pytest.skip("a GPU is present")
     assert "no CUDA GPU" in _err(cli, "train", "configs/gaussian_vae.yaml", *TINY, "--device", "cuda",
                                  "--out", tmp_path / "c")
+
+
+def test_resume_with_epochs_extends_a_finished_run_as_if_trained_straight(cli, tmp_path):
+    from safetensors.torch import load_file
+
+    assert cli("train", "configs/gaussian_vae.yaml", "--out", tmp_path / "straight", *TINY, "--epochs", 3,
+               "--seed", 5)[0] == 0
+    assert cli("train", "configs/gaussian_vae.yaml", "--out", tmp_path / "ext", *TINY, "--seed", 5)[0] == 0
+    assert cli("train", "--resume", tmp_path / "ext", "--epochs", 3, "--quiet")[0] == 0
+    a, b = (load_file(tmp_path / d / "checkpoint" / "model.safetensors") for d in ("straight", "ext"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert len((tmp_path / "ext" / "metrics.jsonl").read_text().splitlines()) == 3
+    config = (tmp_path / "ext" / "config.yaml").read_text()
+    assert "epochs: 3" in config and "seed: 5" in config
+    assert "--resume takes the run's own config" in _err(cli, "train", "--resume", tmp_path / "ext", "--seed", 1)

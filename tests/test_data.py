@@ -368,3 +368,21 @@ def test_threshold_and_none():
 def test_unknown_binarization():
     with pytest.raises(VaelabError, match="unknown binarization 'otsu': choose one of " + ", ".join(BINARIZATIONS)):
         binarize(torch.zeros(2), "otsu")
+
+
+def test_validation_and_test_draws_do_not_depend_on_the_training_binarization():
+    """A static run is scored on the same test images as a dynamic one; its training draw is fixed and seeded."""
+    from vaelab.config import DataConfig
+    from vaelab.run import prepare_data
+
+    splits = load_splits("digits")
+    dev = torch.device("cpu")
+    dyn, sta, sta2 = (prepare_data(DataConfig("digits", mode), dev, splits) for mode in ("dynamic", "static", "static"))
+    assert torch.equal(dyn.x_test, sta.x_test) and torch.equal(dyn.x_valid, sta.x_valid)
+    # the fixed draw is a Bernoulli draw of the grayscale test images (pixel frequencies, 8 sigma)
+    p = torch.from_numpy(splits.x_test).float()
+    assert abs(dyn.x_test.mean().item() - p.mean().item()) < 8 * (p * (1 - p)).sum().sqrt().item() / p.numel()
+    assert torch.equal(sta.x_train, sta2.x_train) and set(sta.x_train.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(sta.x_train[: len(sta.x_valid)], sta.x_valid)
+    other_seed = prepare_data(DataConfig("digits", "static", eval_seed=7), dev, splits)
+    assert not torch.equal(other_seed.x_test, sta.x_test)

@@ -75,3 +75,16 @@ def test_conv_vae_trains_on_digits():
         losses.append(est.loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - 5, (first, last)
+
+
+def test_demean_input_feeds_the_encoder_x_minus_the_training_mean():
+    from vaelab.config import ModelConfig
+    from vaelab.model import build_model
+
+    mean = torch.rand(64)
+    torch.manual_seed(3)
+    plain = build_model(ModelConfig(hidden=[16], latent_dim=3), 64, (8, 8), mean)
+    torch.manual_seed(3)
+    demeaned = build_model(ModelConfig(hidden=[16], latent_dim=3, demean_input=True), 64, (8, 8), mean)
+    x = torch.bernoulli(torch.rand(5, 64))
+    torch.testing.assert_close(demeaned.posterior(x).mean, plain.posterior(x - mean).mean)

@@ -142,7 +142,7 @@ def test_learning_rate_schedule_drives_adam(tmp_path):
                                 "train.adam_eps=1e-4"), tmp_path / "run", quiet=True)
     assert [r["lr"] for r in history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
     state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
-    group = state["optim"]["param_groups"][0]
+    group = state["optim"]["optimizers"][0]["param_groups"][0]
     assert group["lr"] == pytest.approx(2.5e-4) and group["eps"] == 1e-4
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -42,27 +41,37 @@ def _train_cmd(out, *extra):
             "--set", "train.epochs=4", *extra]
 
 
+def _assert_same_weights(a_dir, b_dir):
+    a = load_file(a_dir / "checkpoint" / "model.safetensors")
+    b = load_file(b_dir / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+STEPS_PER_EPOCH = 163   # 1297 training digits in batches of 8
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize(("fault", "epochs_kept"), [
+    (f"step:{STEPS_PER_EPOCH + 50}", 1),      # mid-epoch 2: epoch 1's checkpoint is the last one
+    ("checkpoint.written:2", 1),             # epoch 2's checkpoint complete in checkpoint.tmp, not yet swapped in
+    ("checkpoint.moved-old:1", 1),           # epoch 1's moved to checkpoint.old, epoch 2's not yet in place
+    ("checkpoint.moved-old:2", 2),
+])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, fault, epochs_kept):
+    """The process kills itself at a fixed point (vaelab.faults), so the test does not depend on timing."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_train_cmd(straight), check=True, env=env, timeout=300)
-    proc = subprocess.Popen(_train_cmd(killed), env=env)
-    deadline = time.time() + 240
-    while not (killed / "metrics.jsonl").exists() and time.time() < deadline:   # epoch 1 checkpointed
-        time.sleep(0.02)
-    time.sleep(0.3)                     # an epoch of 163 steps takes longer than this: we are mid-epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    epochs_done = len((killed / "metrics.jsonl").read_text().splitlines())
-    assert 1 <= epochs_done < 4, "the kill should land before the run finished"
+    subprocess.run(_train_cmd(straight), check=True, env=env, timeout=600)
+    proc = subprocess.run(_train_cmd(killed), env=env | {"VAELAB_FAULT": fault}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    from vaelab.run import read_checkpoint
+    assert read_checkpoint(killed)[2]["epoch"] == epochs_kept
     subprocess.run([sys.executable, "-m", "vaelab", "train", "--resume", str(killed), "--quiet"],
-                   check=True, env=env, timeout=300)
-    a = load_file(straight / "checkpoint" / "model.safetensors")
-    b = load_file(killed / "checkpoint" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                   check=True, env=env, timeout=600)
+    _assert_same_weights(straight, killed)
     rows = [json.loads(s) for s in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert not (killed / "checkpoint.tmp").exists() and not (killed / "checkpoint.old").exists()
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

@@ -20,13 +20,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = list(args.set)
     overrides += [f"data.source={args.data}"] if args.data else []
     overrides += [f"train.epochs={args.epochs}"] if args.epochs is not None else []
+    overrides += [f"train.seed={args.seed}"] if args.seed is not None else []
     overrides += [f"train.device={args.device}"] if args.device else []
     overrides += [f"estimator.name={args.estimator}"] if args.estimator else []
     overrides += ["train.compile=true", f"train.compile_mode={args.compile}"] if args.compile else []
     if args.resume:
-        if args.config or overrides:
-            raise VaelabError("--resume takes the run's own config: drop CONFIG and the overrides")
-        train(None, args.resume, resume=True, quiet=args.quiet)
+        extra = [o for o in overrides if not o.startswith("train.epochs=")]
+        if args.config or extra:
+            raise VaelabError("--resume takes the run's own config (only --epochs may change, to extend it): "
+                              "drop CONFIG and the overrides")
+        train(None, args.resume, resume=True, quiet=args.quiet, epochs=args.epochs)
         return
     if not args.config:
         raise VaelabError("give a CONFIG file (e.g. configs/gaussian_vae.yaml) or --resume RUN_DIR")
@@ -114,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", nargs="?", help="YAML preset, e.g. configs/gaussian_vae.yaml")
     t.add_argument("--data", help="mnist | digits | PATH (.npz or MNIST IDX folder)")
-    t.add_argument("--epochs", type=int)
+    t.add_argument("--epochs", type=int, help="train.epochs; with --resume, extend a run to this many epochs")
+    t.add_argument("--seed", type=int, help="train.seed: the run's initialisation, data order and sampling noise")
     t.add_argument("--estimator", help="gradient estimator name (see `vaelab list`)")
     t.add_argument("--device", help="auto | cpu | cuda")
     t.add_argument("--out", help="run directory (default runs/<config name>)")

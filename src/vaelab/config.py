@@ -30,6 +30,7 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # encoder sizes; the decoder mirrors them
     activation: str = "relu"
     decoder_bias: str = "zero"     # zero | data_mean (output bias = logit of the mean training image)
+    demean_input: bool = False     # encoder sees x - mean training image (the DisARM reference's --demean_input)
     latent_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {prior_probs: 0.5, learn_prior: true}
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: dict[str, Any] = field(default_factory=dict)  # lr(epoch) = lr * factor (schedules.py); {} = constant
     adam_eps: float = 1e-8         # Adam's epsilon (Burda et al. 2016 use 1e-4)
+    param_groups: dict[str, Any] = field(default_factory=dict)  # per-group optimizers (optim.py), e.g. prior: SGD
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     grad_clip: float | None = None

@@ -16,6 +16,7 @@ from torch.distributions import Bernoulli, Distribution, RelaxedBernoulli
 
 from .errors import VaelabError
 from .model import VAE
+from .nets import ACTIVATIONS
 from .registry import Registry
 
 ESTIMATORS: Registry[type[Estimator]] = Registry("estimator (estimator.name)")
@@ -409,13 +410,17 @@ class RELAX(Estimator):
 
     needs = frozenset({"discrete", "factorised", "kl"})
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: int = 50, temperature: float = 0.5) -> None:
+    def __init__(self, data_dim: int, latent_dim: int, hidden: int = 50, temperature: float = 0.5,
+                 activation: str = "tanh") -> None:
         super().__init__()
         if temperature <= 0:
             raise VaelabError(f"estimator.kwargs.temperature must be positive, got {temperature}")
+        if activation not in ACTIVATIONS:
+            raise VaelabError(f"estimator.kwargs.activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.eta = nn.Parameter(torch.tensor(1.0))
-        self.r = nn.Sequential(nn.Linear(data_dim + latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.r = nn.Sequential(nn.Linear(data_dim + latent_dim, hidden), ACTIVATIONS[activation](),
+                               nn.Linear(hidden, 1))
         nn.init.zeros_(self.r[2].weight)
         nn.init.zeros_(self.r[2].bias)
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent
 
 from .config import ModelConfig
+from .errors import VaelabError
 from .latents import LATENTS, LatentFamily
 from .nets import NETS
 
@@ -65,9 +66,21 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decoder(z))
 
 
+class Demean(nn.Module):
+    """x - mean training image before the encoder (`model.demean_input`, the DisARM reference's --demean_input)."""
+
+    def __init__(self, mean: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone())                   # [P]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - self.mean
+
+
 def build_model(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, int],
                 train_mean: Tensor | None = None) -> VAE:
-    """Assemble networks and latent family from the config; optionally set the output bias to logit(mean image)."""
+    """Assemble networks and latent family from the config; optionally set the output bias to logit(mean image)
+    (clipped to [0.001, 0.999], as the DisARM reference code) and subtract the mean image from the encoder's input."""
     latent_cls = LATENTS.get(cfg.latent)
     latent = latent_cls(cfg.latent_dim, **cfg.latent_kwargs)
     encoder, decoder = NETS.get(cfg.nets)(data_dim, tuple(image_shape), latent_cls.params_per_dim * cfg.latent_dim,
@@ -76,4 +89,8 @@ def build_model(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, int],
         last = [m for m in decoder.modules() if getattr(m, "bias", None) is not None][-1]
         with torch.no_grad():
             last.bias.copy_(torch.logit(train_mean.clamp(1e-3, 1 - 1e-3)).reshape(last.bias.shape))
+    if cfg.demean_input:
+        if train_mean is None:
+            raise VaelabError("model.demean_input needs the training images' mean")
+        encoder = nn.Sequential(Demean(train_mean.reshape(-1)), encoder)
     return VAE(encoder, decoder, latent, image_shape)

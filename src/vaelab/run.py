@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from . import faults
 from .config import Config, DataConfig, config_from_yaml_text
 from .data import Splits, binarize, load_splits
 from .errors import VaelabError
@@ -59,17 +60,19 @@ class DeviceData:
 
 
 def prepare_data(cfg: DataConfig, device: torch.device, splits: Splits | None = None) -> DeviceData:
-    """Load the splits and put them on `device`, binarizing valid/test (and static train) with `cfg.eval_seed`."""
+    """Load the splits and put them on `device`. Valid/test are one Bernoulli draw seeded by `cfg.eval_seed` (or
+    thresholded), the same tensor whatever `cfg.binarize` says about the training images, so every run is scored on
+    the same test draw; a static training draw uses its own generator, seeded by `cfg.eval_seed + 1`."""
     splits = splits or load_splits(cfg.source)
-    gen = torch.Generator().manual_seed(cfg.eval_seed)
     mode = "dynamic" if cfg.binarize in ("dynamic", "static") else cfg.binarize   # a fixed draw = one seeded draw
+    eval_gen = torch.Generator().manual_seed(cfg.eval_seed)
 
-    def fixed_draw(a):
+    def fixed_draw(a, gen):
         return binarize(torch.from_numpy(a).float(), mode, gen).to(device)
 
-    x_train = torch.from_numpy(splits.x_train).float()
-    x_train = x_train.to(device) if cfg.binarize == "dynamic" else fixed_draw(splits.x_train)
-    x_valid, x_test = fixed_draw(splits.x_valid), fixed_draw(splits.x_test)
+    x_valid, x_test = fixed_draw(splits.x_valid, eval_gen), fixed_draw(splits.x_test, eval_gen)
+    x_train = torch.from_numpy(splits.x_train).float().to(device) if cfg.binarize == "dynamic" else \
+        fixed_draw(splits.x_train, torch.Generator().manual_seed(cfg.eval_seed + 1))
     labels = [torch.from_numpy(y).long().to(device) for y in (splits.y_train, splits.y_valid, splits.y_test)]
     return DeviceData(x_train, labels[0], x_valid, labels[1], x_test, labels[2], tuple(splits.image_shape),
                       cfg.binarize)
@@ -100,9 +103,11 @@ def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator
     save_file(tensors, tmp / "model.safetensors", metadata={"format": FORMAT, "config": cfg.to_yaml(),
                                                            "epoch": str(state.get("epoch", 0))})
     torch.save(state, tmp / "state.pt")
+    faults.point("checkpoint.written")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
+        faults.point("checkpoint.moved-old")
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
 

@@ -15,11 +15,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import cudagraph, distributed
+from . import cudagraph, distributed, faults
 from .config import Config
 from .errors import VaelabError
 from .estimators import Estimate
 from .evaluate import elbo_terms
+from .optim import Optimizers, build_optimizers
 from .run import atomic_write_text, build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
 from .schedules import Schedule, kl_schedule, lr_schedule
 
@@ -61,16 +62,6 @@ class MemorySink(MetricsSink):
         self.history.append(row)
 
 
-def adam(params: list[torch.nn.Parameter], lr: float, device: torch.device,
-         capturable: bool = False, eps: float = 1e-8) -> torch.optim.Adam:
-    """Adam with the fused single-kernel update where torch has one (CPU and CUDA): the same update rule, one pass
-    over the parameters instead of a dozen; 10x faster than the default on the seed model's 1.1M parameters on CPU
-    (3.3 -> 0.34 ms a step, benchmarks/RESULTS.md). Results differ from the default only in float rounding.
-    `capturable` keeps its step count on the GPU, so a CUDA graph can record the update (cudagraph.py)."""
-    return torch.optim.Adam(params, lr=lr, eps=eps, fused=device.type in ("cpu", "cuda") or None,
-                            capturable=capturable)
-
-
 class Updater:
     """One optimisation step on a batch: forward, backward, gradient clipping, Adam; the batch's loss, ELBO,
     reconstruction and KL sums are added to `sums` on the device, so nothing waits for the GPU until the epoch ends.
@@ -78,7 +69,7 @@ class Updater:
     `step(x, kl_weight)` is the (DDP-wrapped, compiled) forward of `distributed.make_step`; under torchrun the loss
     is weighted by this rank's share of the global batch (`distributed.shard`)."""
 
-    def __init__(self, step: Callable[[Tensor, float], Estimate], optim: torch.optim.Optimizer,
+    def __init__(self, step: Callable[[Tensor, float], Estimate], optim: Optimizers | torch.optim.Optimizer,
                  grad_clip: float | None, ctx: distributed.Context) -> None:
         self.step, self.optim, self.grad_clip, self.ctx = step, optim, grad_clip, ctx
         self.params = [p for g in optim.param_groups for p in g["params"]]
@@ -91,6 +82,7 @@ class Updater:
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optim.step()
+        faults.point("step")                                                     # tests: SIGKILL at step N
         self.sums += torch.stack([est.loss.detach() * len(x), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
 
 
@@ -114,8 +106,10 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                           "or --out a new directory")
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
-    """Train `cfg` into `run_dir` (or continue it); returns the per-epoch metrics history.
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+          epochs: int | None = None) -> list[dict[str, Any]]:
+    """Train `cfg` into `run_dir` (or continue it; `epochs` then extends or shortens it); returns the per-epoch
+    metrics history.
 
     Under torchrun (WORLD_SIZE > 1) each rank trains on its shard of every batch (distributed.py) and only rank 0
     writes files or prints."""
@@ -124,6 +118,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     state: dict[str, Any] = {"epoch": 0, "history": []}
     if resume:
         cfg, tensors, state = read_checkpoint(run_dir)
+        if epochs is not None:
+            if epochs < 1:
+                raise VaelabError(f"--epochs {epochs}: give a positive number of epochs")
+            cfg.train.epochs = epochs
     ctx = distributed.setup(resolve_device(cfg.train.device))   # one process unless started by torchrun
     device, quiet = ctx.device, quiet or not ctx.is_main
     with ctx.main_first():
@@ -133,9 +131,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     beta = kl_schedule(cfg.train.kl_weight, steps_per_epoch)   # validated before any training
     distributed.check_options(cfg.train.compile, cfg.train.autocast, device, cfg.train.compile_mode)
     cudagraph.check(cfg.train.cuda_graph, cfg.train.compile_mode, ctx.distributed)
-    params = [*model.parameters(), *estimator.parameters()]
-    optim = adam(params, cfg.train.lr, device, capturable=cudagraph.enabled(cfg.train.cuda_graph, device),
-                 eps=cfg.train.adam_eps)
+    named = {f"model.{k}": p for k, p in model.named_parameters()} | {
+        f"estimator.{k}": p for k, p in estimator.named_parameters()}
+    optim = build_optimizers(named, cfg.train.lr, cfg.train.adam_eps, cfg.train.param_groups, device,
+                             capturable=cudagraph.enabled(cfg.train.cuda_graph, device))
     lr_at = lr_schedule(cfg.train.lr_schedule)                 # epoch -> factor; validated before any training
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
     if resume:
@@ -145,7 +144,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-    elif ctx.is_main:
+    if ctx.is_main and (not resume or epochs is not None):   # a new run, or one extended to `epochs`
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     update = make_update(cfg, model, estimator, optim, ctx, data.x_valid[:8])
@@ -156,8 +155,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool
     try:
         for epoch in range(state["epoch"], cfg.train.epochs):
             distributed.seed_sampling(cfg.train.seed, ctx, epoch)   # per-rank noise; one process: no-op
-            for group in optim.param_groups:
-                group["lr"] = cfg.train.lr * lr_at(epoch)
+            optim.set_lr_factor(lr_at(epoch))
             row = train_epoch(cfg, model, estimator, optim, data, gen, epoch, show, beta, ctx=ctx, update=update)
             model.eval()
             row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, data.x_valid).items()}

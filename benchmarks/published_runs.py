@@ -1,0 +1,92 @@
+"""The long runs behind RESULTS.md's "Reproduced" table, as a resumable queue.
+
+    python benchmarks/published_runs.py [--workers 2] [--only PATTERN] [--list]
+
+Each job is one `vaelab train PRESET --seed S --epochs E --out benchmarks/runs/published/NAME` followed by
+`vaelab evaluate`. Started again, the queue skips what is finished, resumes an interrupted run from its last
+checkpoint (`vaelab train --resume DIR --epochs E`, which also extends a shorter finished run) and evaluates what
+has no eval.json. Each worker runs one job at a time with one thread (OMP_NUM_THREADS=1). Run it in the background:
+    nohup python benchmarks/published_runs.py --workers 2 > benchmarks/runs/published/queue.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "runs" / "published"
+VAELAB = [sys.executable, "-m", "vaelab"]
+LIT = "configs/literature"
+
+# (name, preset, epochs, seed, extra train args); DisARM epochs are 1,000 steps of batch 50.
+JOBS = [
+    *[(f"disarm_linear-{e}-s{s}", f"{LIT}/disarm_linear.yaml", 100, s, ["--estimator", e, *kw])
+      for s in (0, 1, 2) for e, kw in (("disarm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2}"]),
+                                        ("sfe-avg", []))],
+    *[(f"vae_784_400_40_static-s{s}", f"{LIT}/vae_784_400_40_static.yaml", 500, s, []) for s in (0, 1, 2)],
+    *[(f"disarm_linear-{e}-s0-1M", f"{LIT}/disarm_linear.yaml", 1000, 0, ["--estimator", e, *kw])
+      for e, kw in (("disarm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2}"]), ("sfe-avg", []))],
+]
+
+
+def epochs_done(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
+    name, preset, epochs, seed, extra = job
+    run = OUT / name
+    log = open(OUT / f"{name}.log", "a")
+    shorter = OUT / name.replace("-1M", "")          # a 1M-step run continues its seed's finished 100k-step run
+    if name.endswith("-1M") and not run.exists() and (shorter / "eval.json").is_file():
+        shutil.copytree(shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
+    done = epochs_done(run)
+    if done < epochs:
+        has_checkpoint = (run / "checkpoint").is_dir() or (run / "checkpoint.old").is_dir()
+        cmd = (["train", "--resume", str(run), "--epochs", str(epochs)] if has_checkpoint else
+               ["train", preset, "--seed", str(seed), "--epochs", str(epochs), "--out", str(run), *extra])
+        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab {' '.join(cmd)}", flush=True)
+        if subprocess.run([*VAELAB, *cmd, "--quiet"], stdout=log, stderr=log, env=env, cwd=ROOT).returncode:
+            return f"{name}: training failed, see {log.name}"
+    if not evaluate:
+        return f"{name}: trained ({epochs_done(run)} epochs), not evaluated"
+    evaluated = run / "eval.json"
+    if not evaluated.is_file() or json.loads(evaluated.read_text()).get("epochs_trained") != epochs:
+        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab evaluate", flush=True)
+        if subprocess.run([*VAELAB, "evaluate", str(run), "--quiet"], stdout=log, stderr=log, env=env,
+                          cwd=ROOT).returncode:
+            return f"{name}: evaluation failed, see {log.name}"
+    return f"{name}: done ({epochs_done(run)} epochs)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--only", default="*", help="fnmatch pattern over job names")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--no-eval", action="store_true", help="train only")
+    args = p.parse_args()
+    jobs = [j for j in JOBS if fnmatch.fnmatch(j[0], args.only)]
+    if args.list:
+        for j in jobs:
+            print(f"{j[0]:40s} {epochs_done(OUT / j[0]):5d}/{j[2]} epochs")
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with ThreadPoolExecutor(args.workers) as pool:
+        for result in pool.map(lambda j: run_job(j, env, not args.no_eval), jobs):
+            print(f"{time.strftime('%H:%M:%S')} {result}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
