@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "runs" / "published"
+OUT = Path(os.environ.get("VAELAB_PUBLISHED_RUNS", ROOT / "benchmarks" / "runs" / "published")).resolve()
 VAELAB = [sys.executable, "-m", "vaelab"]
 LIT = "configs/literature"
 

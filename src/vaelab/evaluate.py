@@ -46,26 +46,39 @@ def elbo_terms(model: VAE, x: Tensor, batch_size: int = 1000) -> dict[str, Tenso
 
 
 @torch.no_grad()
-def iw_loglik(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500, progress: bool = False,
-              proposal: Callable[[Tensor], Distribution] | None = None) -> Tensor:
-    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q: per-example [N] (Burda et al. 2016, eq. 8).
+def iw_loglik_terms(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500, progress: bool = False,
+                    proposal: Callable[[Tensor], Distribution] | None = None) -> tuple[Tensor, Tensor]:
+    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q: per-example [N] (Burda et al. 2016, eq. 8), and the Monte
+    Carlo variance of each estimate [N] by the delta method: with w_k the importance weights,
+    Var[log mean_k w_k] ~= Var[w] / (K E[w]^2), estimated as (mean(w^2) / mean(w)^2 - 1) / (K - 1).
 
-    A stochastic lower bound on log p(x) in expectation that tightens as K grows. Samples are drawn in chunks
-    of at most ROWS_PER_CHUNK decoded rows and combined with a log-sum-exp in at least float32, so memory is bounded.
-    `proposal` replaces q(z|x) (an autoencoder's fitted proposal, say).
-    """
+    The estimate is a stochastic lower bound on log p(x) in expectation that tightens as K grows. Samples are
+    drawn in chunks of at most ROWS_PER_CHUNK decoded rows and combined with log-sum-exps in at least float32, so
+    memory is bounded. `proposal` replaces q(z|x) (an autoencoder's fitted proposal, say)."""
     proposal = proposal or model.posterior
-    out = []
+    logliks, mc_vars = [], []
     for xb in tqdm(x.split(batch_size), desc=f"IW log-likelihood K={k}", disable=not progress, leave=False):
         q = proposal(xb)
         per_chunk = max(1, chunk_rows(xb.device, xb.shape[1]) // xb.shape[0])
-        lse = []
+        lse, lse2 = [], []
         for start in range(0, k, per_chunk):
             z = q.sample((min(per_chunk, k - start),))              # [S, B, D]
             log_w = model.log_joint(xb, z) - q.log_prob(z)          # [S, B]
-            lse.append(torch.logsumexp(log_w.to(torch.promote_types(log_w.dtype, torch.float32)), 0))  # [B]
-        out.append(torch.logsumexp(torch.stack(lse), dim=0) - math.log(k))  # [B]
-    return torch.cat(out)
+            log_w = log_w.to(torch.promote_types(log_w.dtype, torch.float32))
+            lse.append(torch.logsumexp(log_w, 0))                   # [B]
+            lse2.append(torch.logsumexp(2 * log_w, 0))              # [B]
+        m1 = torch.logsumexp(torch.stack(lse), 0) - math.log(k)     # [B] log mean w
+        m2 = torch.logsumexp(torch.stack(lse2), 0) - math.log(k)    # [B] log mean w^2
+        logliks.append(m1)
+        ratio = torch.expm1(m2 - 2 * m1).clamp_min(0)               # [B] Var[w] / E[w]^2, estimated
+        mc_vars.append(ratio / (k - 1) if k > 1 else torch.full_like(m1, math.nan))
+    return torch.cat(logliks), torch.cat(mc_vars)
+
+
+def iw_loglik(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500, progress: bool = False,
+              proposal: Callable[[Tensor], Distribution] | None = None) -> Tensor:
+    """The importance-weighted log-likelihood estimate per example [N] (see `iw_loglik_terms`)."""
+    return iw_loglik_terms(model, x, k, batch_size, progress, proposal)[0]
 
 
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:
@@ -75,10 +88,15 @@ def mean_and_stderr(values: Tensor) -> tuple[float, float]:
 
 
 def summarize(per_example: dict[str, Tensor]) -> dict[str, float]:
-    """{name: mean, name_stderr: standard error} for each per-example tensor."""
+    """{name: mean, name_stderr: standard error over examples} for each per-example tensor; a `NAME_mc_var`
+    tensor (Monte Carlo variances of per-example estimates) becomes `NAME_mc_stderr` = sqrt(sum var) / N, the
+    Monte Carlo standard error of the mean estimate: what a rerun with new samples would move it by."""
     out: dict[str, float] = {}
     for name, values in per_example.items():
-        out[name], out[f"{name}_stderr"] = mean_and_stderr(values)
+        if name.endswith("_mc_var"):
+            out[name.replace("_mc_var", "_mc_stderr")] = values.double().sum().sqrt().item() / max(len(values), 1)
+        else:
+            out[name], out[f"{name}_stderr"] = mean_and_stderr(values)
     return out
 
 
@@ -93,17 +111,20 @@ def evaluate_autoencoder(model: VAE, x: Tensor, proposal: Callable[[Tensor], Dis
     rec = torch.cat([model.likelihood(model.posterior(xb).mean).log_prob(xb) for xb in x.split(batch_size)])  # [N]
     per_example = {"rec": rec}
     if iw_samples > 0:
-        per_example["iw_loglik"] = iw_loglik(model, x, iw_samples, batch_size, progress, proposal)
+        per_example["iw_loglik"], per_example["iw_loglik_mc_var"] = iw_loglik_terms(
+            model, x, iw_samples, batch_size, progress, proposal)
     return {"elbo": None, "kl": None} | summarize(per_example) | {"iw_samples": iw_samples, "n_examples": len(x)}
 
 
 def per_example_metrics(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: int = 500,
                         progress: bool = False, exact: bool = False) -> dict[str, Tensor]:
-    """Per-example test terms [N]: elbo, rec, kl; iw_loglik when iw_samples > 0; exact_loglik (log p(x) by
+    """Per-example test terms [N]: elbo, rec, kl; iw_loglik and its Monte Carlo variance iw_loglik_mc_var when
+    iw_samples > 0; exact_loglik (log p(x) by
     enumerating every code, small Bernoulli latents only) when `exact`."""
     per_example = elbo_terms(model, x)
     if iw_samples > 0:
-        per_example["iw_loglik"] = iw_loglik(model, x, iw_samples, batch_size, progress)
+        per_example["iw_loglik"], per_example["iw_loglik_mc_var"] = iw_loglik_terms(
+            model, x, iw_samples, batch_size, progress)
     if exact:
         from .exact import exact_loglik  # exact.py imports this module
 

@@ -19,11 +19,37 @@ if TYPE_CHECKING:
     from .distributed import Context
 
 
-def merge_eval(run_dir: str | Path, values: dict[str, Any]) -> None:
-    """Merge `values` into RUN/eval.json (atomic write)."""
+def read_eval(run_dir: str | Path) -> dict[str, Any]:
+    """RUN/eval.json, or {} when there is none or it is damaged (what evaluates next replaces it)."""
     path = Path(run_dir) / "eval.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, old | values)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def merge_eval(run_dir: str | Path, values: dict[str, Any], keep: tuple[str, ...] | None = None) -> None:
+    """Merge `values` into RUN/eval.json (atomic write); with `keep`, old fields are kept only when their names
+    start with one of those prefixes (a re-evaluation drops what it no longer computes)."""
+    old = read_eval(run_dir)
+    if keep is not None:
+        old = {k: v for k, v in old.items() if k.startswith(keep)}
+    write_json(Path(run_dir) / "eval.json", old | values)
+
+
+def describe(run: LoadedRun) -> dict[str, Any]:
+    """What an evaluation describes: config, model, estimator, training length, data, code version."""
+    from . import __version__
+    from .provenance import git_commit
+
+    cfg, history = run.cfg, run.state.get("history", [])
+    return {"config_name": cfg.name, "latent": cfg.model.latent, "estimator": cfg.estimator.name,
+            "nets": cfg.model.nets, "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
+            "epochs_trained": run.state.get("epoch", 0), "steps_trained": sum(r.get("steps", 0) for r in history),
+            "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1), "data": cfg.data.source,
+            "binarize": cfg.data.binarize, "eval_seed": cfg.data.eval_seed, "vaelab_version": __version__,
+            "git_commit": git_commit()}
 
 
 def is_autoencoder(run: LoadedRun) -> bool:
@@ -32,7 +58,8 @@ def is_autoencoder(run: LoadedRun) -> bool:
 
 def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = None, exact: bool = False,
                  progress: bool = False, ctx: Context | None = None, autocast: str | None = None) -> dict[str, Any]:
-    """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture), optionally exact log p(x).
+    """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture) with its Monte Carlo standard
+    error `iw_loglik_mc_stderr`, optionally exact log p(x), and what the run is (`describe`), into eval.json.
 
     In IEEE fp32 (no TF32 matmuls or convolutions on CUDA) unless `autocast` ("bf16"): then the decoder runs under
     bf16 autocast while the encoder, the log-densities and their sums stay fp32; eval.json records it as
@@ -45,8 +72,8 @@ def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = N
     with matmul_precision(False, run.device):
         metrics = _evaluate_run(run, run_dir, iw_samples, exact, progress, ctx)
     if metrics:                                                   # rank 0 (or the only process)
-        metrics["decoder_autocast"] = autocast
-        merge_eval(run_dir, metrics)
+        metrics = describe(run) | metrics | {"decoder_autocast": autocast}
+        merge_eval(run_dir, metrics, keep=("quality_",))            # sample scores stay; stale estimates go
     return metrics
 
 

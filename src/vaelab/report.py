@@ -101,7 +101,7 @@ def write_curves(out: Path, stages) -> None:
 
 def write_report(settings, stages, timings: dict[str, float]) -> tuple[Path, Path]:
     """report.md (figures linked) and report.html (figures embedded) in settings.out."""
-    from .reproduce import versions
+    from .provenance import versions
 
     out = settings.out
     write_curves(out, stages)

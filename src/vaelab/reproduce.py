@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import load_config
 from .errors import VaelabError
-from .pipeline import evaluate_run, is_autoencoder, merge_eval, quality_run, sample_grid
+from .pipeline import evaluate_run, is_autoencoder, merge_eval, quality_run, read_eval, sample_grid
 from .run import open_run, read_checkpoint, write_json
 from .train import train
 
@@ -102,12 +100,10 @@ def train_stage(stage: Stage, s: Settings, run_dir: Path) -> None:
 def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
     """Evaluate, draw the figures and score samples; skipped when eval.json says it was done with these settings."""
     signature = {"quick": s.quick, "iw_samples": s.iw_samples, "quality_samples": s.n_quality()}
-    eval_path = run_dir / "eval.json"
-    if eval_path.is_file():
-        done = json.loads(eval_path.read_text())
-        if done.get("reproduce") == signature:
-            log(f"{stage.name}: evaluated, skipping")
-            return done
+    done = read_eval(run_dir)
+    if done.get("reproduce") == signature:
+        log(f"{stage.name}: evaluated, skipping")
+        return done
     run = open_run(run_dir, s.device)
     k = s.eval_samples(run.cfg.eval.iw_samples)
     if is_autoencoder(run):
@@ -127,7 +123,7 @@ def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
             log(f"{stage.name}: sample quality of {s.n_quality()} {mode} samples")
             quality_run(run, run_dir, s.n_quality(), mode)
     merge_eval(run_dir, {"reproduce": signature})
-    return json.loads(eval_path.read_text())
+    return read_eval(run_dir)
 
 
 def reproduce(s: Settings) -> Path:
@@ -158,24 +154,3 @@ def load_timings(out: Path) -> dict[str, float]:
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError as err:
         raise VaelabError(f"{path} is damaged: delete it (it only holds wall times)") from err
-
-
-def versions() -> dict[str, str]:
-    """Versions and provenance shown in the report."""
-    import platform
-    import subprocess
-
-    import numpy
-    import sklearn
-
-    from . import __version__
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    return {"vaelab": __version__, "git commit": commit, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
-            "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
-            "machine": platform.machine()}
