@@ -33,6 +33,8 @@ JOBS = [
       for s in (0, 1, 2) for e, kw in (("disarm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2}"]),
                                         ("sfe-avg", []))],
     *[(f"vae_784_400_40_static-s{s}", f"{LIT}/vae_784_400_40_static.yaml", 500, s, []) for s in (0, 1, 2)],
+    # the seed's study (its presets' 10 epochs, 10,000 samples scored) over 5 seeds, K = 1000 to fit the CPU
+    *[(f"study-s{s}", "reproduce", 10, s, ["--iw-samples", "1000"]) for s in range(5)],
     *[(f"disarm_linear-{e}-s0-1M", f"{LIT}/disarm_linear.yaml", 1000, 0, ["--estimator", e, *kw])
       for e, kw in (("disarm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2}"]), ("sfe-avg", []))],
 ]
@@ -47,6 +49,11 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
     name, preset, epochs, seed, extra = job
     run = OUT / name
     log = open(OUT / f"{name}.log", "a")
+    if preset == "reproduce":                           # resumable by itself: finished stages are skipped
+        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab reproduce", flush=True)
+        cmd = ["reproduce", "--out", str(run), "--set", f"train.seed={seed}", *extra]
+        code = subprocess.run([*VAELAB, *cmd], stdout=log, stderr=log, env=env, cwd=ROOT).returncode
+        return f"{name}: " + (f"failed, see {log.name}" if code else "done")
     shorter = OUT / name.replace("-1M", "")          # a 1M-step run continues its seed's finished 100k-step run
     if name.endswith("-1M") and not run.exists() and (shorter / "eval.json").is_file():
         shutil.copytree(shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
