@@ -11,9 +11,10 @@ def test_preset_loads_and_round_trips():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(None, ["train.lr=1e-3", "model.hidden=[8, 4]", "train.grad_clip=5", "estimator.kwargs={a: 1}"])
+    cfg = load_config(None, ["train.lr=1e-3", "model.hidden=[8, 4]", "train.grad_clip=5", "estimator.name=iwae",
+                             "estimator.kwargs={num_samples: 3}"])
     assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
-    assert cfg.model.hidden == [8, 4] and cfg.train.grad_clip == 5.0 and cfg.estimator.kwargs == {"a": 1}
+    assert cfg.model.hidden == [8, 4] and cfg.train.grad_clip == 5.0 and cfg.estimator.kwargs == {"num_samples": 3}
     assert load_config(None) == Config()
 
 

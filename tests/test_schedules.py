@@ -61,9 +61,8 @@ def test_bad_schedules_are_refused_with_the_fix(spec, message):
 
 
 def test_bad_schedule_is_refused_before_training(tmp_path):
-    cfg = tiny_config("train.kl_weight={kind: linear, warmup: 5}")
-    with pytest.raises(VaelabError, match="unknown key"):
-        train(cfg, tmp_path / "run", quiet=True)
+    with pytest.raises(VaelabError, match="unknown key"):     # refused when the config is loaded
+        train(tiny_config("train.kl_weight={kind: linear, warmup: 5}"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

@@ -87,7 +87,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(Reparam, "forward", poisoned)
     cfg = tiny_config("train.epochs=2")
-    with pytest.raises(VaelabError, match="diverged in epoch 1.*last good checkpoint is kept"):
+    with pytest.raises(VaelabError, match="diverged in epoch 1.*no checkpoint was written; it restarts the run"):
         train(cfg, tmp_path / "fresh", quiet=True)
     # resuming the good run into a poisoned epoch 2 fails and leaves epoch 1's checkpoint as it was
     state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)
@@ -101,6 +101,6 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
         return c, t, s
 
     monkeypatch.setattr("vaelab.train.read_checkpoint", read_with_two_epochs)
-    with pytest.raises(VaelabError, match="diverged in epoch 2"):
+    with pytest.raises(VaelabError, match="diverged in epoch 2.*last good checkpoint \\(of epoch 1\\) is kept"):
         train(None, run_dir, resume=True, quiet=True)
     assert (run_dir / "checkpoint" / "model.safetensors").read_bytes() == good

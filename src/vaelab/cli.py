@@ -9,8 +9,30 @@ from pathlib import Path
 
 import torch
 
+from .checks import IW_SAMPLES_MAX, SEED_MAX, check_count, check_output_file, check_writable_dir
 from .config import load_config
-from .errors import VaelabError
+from .errors import Stopped, VaelabError
+
+# Documented limits of the command-line counts (README, "Bad input"): above them a command would run for days or
+# hold more than a large machine's memory, so it is refused at once.
+SAMPLE_N_MAX = 10_000          # images in one sample grid
+QUALITY_N_MAX = 100_000        # samples scored by `quality` (held in memory with their classifier features)
+DRAWS_MAX = 10_000             # gradvar draws (kept in memory: draws x encoder parameters x 4 bytes)
+BATCH_MAX = 65_536             # gradvar's fixed batch
+WARMUP_MAX = 1_000_000         # gradvar warm-up steps
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with vaelab's error format: one line on stderr (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:
+        print(f"vaelab: error: {message}: see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _seed(flag: str, value: int | None) -> None:
+    check_count(flag, value, 0, SEED_MAX)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -45,9 +67,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .pipeline import evaluate_run
     from .run import open_run, resolve_device
 
+    check_count("--iw-samples", args.iw_samples, 0, IW_SAMPLES_MAX, "; 0 skips the IW estimate")
     ctx = setup(resolve_device(args.device))   # under torchrun: the test images are split across the ranks
     try:
         run = open_run(args.run, str(ctx.device))
+        if ctx.is_main:
+            check_writable_dir(args.run, "run directory")
         metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet, ctx=ctx,
                                autocast=args.autocast)
         barrier(ctx)   # ranks leave together (see train)
@@ -60,14 +85,28 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .pipeline import sample_grid
     from .run import open_run
 
+    check_count("--n", args.n, 1, SAMPLE_N_MAX, " of one grid")
+    _seed("--seed", args.seed)
     run = open_run(args.run, args.device)
+    if args.out:
+        check_output_file(args.out, "--out", IMAGE_EXTENSIONS)
+    else:
+        check_writable_dir(Path(args.run) / "fig", "run directory")
     out = sample_grid(run, args.run, args.n, args.mode, args.prior, args.reconstruct, args.seed, args.out)
     print(f"wrote {out}")
 
 def cmd_classifier(args: argparse.Namespace) -> None:
     from .classifier import save_classifier, train_classifier
+    from .run import resolve_device
 
+    check_count("--epochs", args.epochs, 1, 10_000)
+    check_count("--batch-size", args.batch_size, 1, BATCH_MAX)
+    _seed("--seed", args.seed)
+    resolve_device(args.device)
     out = Path(args.out or f"{Path(args.data).stem}_cnn.safetensors")
+    if out.suffix != ".safetensors":
+        raise VaelabError(f"--out {out}: the classifier is saved as safetensors: give a path ending in .safetensors")
+    check_writable_dir(out.parent, "folder of --out")
     model, info = train_classifier(args.data, args.epochs, args.seed, args.batch_size, device=args.device,
                                    quiet=args.quiet)
     info["command"] = (f"OMP_NUM_THREADS={torch.get_num_threads()} vaelab classifier train --data {args.data} "
@@ -82,7 +121,11 @@ def cmd_quality(args: argparse.Namespace) -> None:
     from .pipeline import quality_run
     from .run import open_run
 
+    check_count("--k", args.k, 1, 1000)
+    check_count("--n", args.n, args.k + 1, QUALITY_N_MAX, " of samples held in memory")
+    _seed("--seed", args.seed)
     run = open_run(args.run, args.device)
+    check_writable_dir(args.run, "run directory")
     scores = quality_run(run, args.run, args.n, args.mode, args.prior, args.classifier, args.k, args.seed)
     print(json.dumps(scores, indent=2))
 
@@ -92,7 +135,12 @@ def cmd_fit_density(args: argparse.Namespace) -> None:
     from .run import open_run
 
     components = parse_components(args.components)
+    _seed("--seed", args.seed)
     run = open_run(args.run, args.device)
+    check_writable_dir(args.run, "run directory")
+    if components != "auto" and components > len(run.data.x_train):
+        raise VaelabError(f"--components {components}: more components than the {len(run.data.x_train)} training "
+                          "codes they are fitted to: give fewer, or auto")
     density, codes, curve = fit_run_density(run, args.run, components, args.covariance, args.seed)
     print(json_summary(density, codes, curve))
     print(f"wrote {Path(args.run) / 'density.npz'}")
@@ -105,13 +153,17 @@ def cmd_fit_density(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import Settings, reproduce
 
+    check_count("--epochs", args.epochs, 1, 10**9)
+    check_count("--iw-samples", args.iw_samples, 0, IW_SAMPLES_MAX, "; 0 skips the IW estimate")
+    check_count("--quality-samples", args.quality_samples, 2, QUALITY_N_MAX, " of samples held in memory")
+    check_writable_dir(args.out, "--out")
     settings = Settings(Path(args.out), args.quick, args.data, args.epochs, args.device, args.force,
                         args.iw_samples, args.quality_samples, list(args.set))
     print(f"report written to {reproduce(settings)}")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vaelab", description="Train, evaluate and compare VAEs on binary images.")
+    p = Parser(prog="vaelab", description="Train, evaluate and compare VAEs on binary images.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -231,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list the registered latent families, estimators and networks")
     lst.set_defaults(func=cmd_list)
+    __import__("vaelab.sweep").sweep.add_parsers(sub)   # `vaelab sweep` and `vaelab compare` (sweep.py, compare.py)
     return p
 
 
@@ -238,12 +291,17 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
     from .gradcheck import format_table, gradvar, plot_gradvar
     from .run import write_json
 
-    if args.draws < 2:
-        raise VaelabError(f"--draws {args.draws}: need at least 2 draws to measure a variance")
+    check_count("--draws", args.draws, 2, DRAWS_MAX, " of draws held in memory; 2 measure a variance")
+    check_count("--batch", args.batch, 1, BATCH_MAX)
+    check_count("--warmup", args.warmup, 0, WARMUP_MAX)
+    _seed("--seed", args.seed)
+    if args.out:
+        check_writable_dir(args.out, "--out")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     result, default_out = gradvar(args.source, names, args.draws, args.batch, args.warmup, args.set,
                                   args.device, args.seed, args.data)
     out = Path(args.out or default_out)
+    check_writable_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "gradvar.json", result)
     plot_gradvar(result, out / "gradvar.png")
@@ -266,6 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except VaelabError as err:
         print(f"vaelab: error: {err}", file=sys.stderr)
+        return 2
+    except Stopped as err:
+        print(f"vaelab: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except OSError as err:       # the file system refused (disk full, permissions) where no check caught it first
+        where = f" {err.filename}" if err.filename else ""
+        print(f"vaelab: error: cannot access{where} ({err.strerror or err}): free disk space, fix the "
+              "permissions or choose another path", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaelab: interrupted; `vaelab train --resume RUN_DIR` continues a training run", file=sys.stderr)

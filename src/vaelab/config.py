@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import yaml.constructor
 
 from .errors import VaelabError
 
@@ -146,25 +147,66 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise VaelabError(f"--set {key}: {p} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise VaelabError(f"--set {key}={raw!r}: the value is not valid YAML ({_yaml_problem(err)}): "
+                              "quote it or fix it, e.g. --set train.lr=1e-3 or --set model.hidden=[512,256]") from err
+    return values
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A one-line reason for a YAML error (PyYAML's own messages span several lines)."""
+    problem = getattr(err, "problem", None) or err.__class__.__name__
+    mark = getattr(err, "problem_mark", None)
+    return " ".join(f"{problem}{f' at line {mark.line + 1}' if mark else ''}".split())
+
+
+def parse_yaml_mapping(text: str, what: str, fix: str) -> dict[str, Any]:
+    """Parse `text` with yaml.safe_load (no tags that build Python objects) and require a mapping at the root."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        raise VaelabError(f"{what} uses a YAML tag vaelab does not load ({_yaml_problem(err)}; "
+                          f"only plain values are read, never !!python tags): {fix}") from err
+    except yaml.YAMLError as err:
+        raise VaelabError(f"{what} is not valid YAML ({_yaml_problem(err)}): {fix}") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise VaelabError(f"{what} must hold a mapping of sections (data:, model:, train:, ...), "
+                          f"not a {type(values).__name__}: {fix}")
     return values
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML preset (or the defaults when `path` is None), apply overrides, validate strictly."""
+    """Read a YAML preset (or the defaults when `path` is None), apply overrides, validate strictly (keys, types
+    and the ranges of `checks.validate`), before anything is built or written."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise VaelabError(f"config file {path} not found: give a YAML file such as configs/gaussian_vae.yaml")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise VaelabError(f"config file {path} is not valid YAML ({err.__class__.__name__}): fix it") from err
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise VaelabError(f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                              f"{err.start}): save it as UTF-8") from err
+        except OSError as err:
+            raise VaelabError(f"cannot read config file {path} ({err.strerror}): check its permissions") from err
+        values = parse_yaml_mapping(text, f"config file {path}", "fix it")
     values = apply_overrides(dict(values), list(overrides))
-    return from_dict(Config, values)
+    return validate(from_dict(Config, values))
 
 
-def config_from_yaml_text(text: str) -> Config:
-    """Rebuild a Config saved with `Config.to_yaml` (used when loading a run)."""
-    return from_dict(Config, yaml.safe_load(text) or {})
+def config_from_yaml_text(text: str, what: str = "config", fix: str = "fix it") -> Config:
+    """Rebuild (and validate) a Config saved with `Config.to_yaml` (used when loading a run)."""
+    return validate(from_dict(Config, parse_yaml_mapping(text, what, fix)))
+
+
+def validate(cfg: Config) -> Config:
+    """Range-check every field (see checks.py); returns `cfg`."""
+    from .checks import check_config
+
+    check_config(cfg)
+    return cfg

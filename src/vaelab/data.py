@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import VaelabError
+from .npz import check_npz
 
 BINARIZATIONS = ("dynamic", "static", "threshold", "none")
 MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -102,6 +103,7 @@ def _check_pair(x: np.ndarray, y: np.ndarray, what: str, n: int | None = None, p
 def _read_cache(path: Path) -> Splits:
     """Load and validate the MNIST cache npz; a bad file is a VaelabError telling the user to delete it."""
     try:
+        check_npz(path, SPLIT_KEYS)
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in SPLIT_KEYS}
         for part in ("train", "valid", "test"):
@@ -248,8 +250,9 @@ SOURCES: dict[str, Callable[[str | Path | None, bool], Splits]] = {"mnist": _loa
 
 def _npz_images(x: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int]]:
     """Flatten [N, P] or [N, H, W] images to float32 [N, P] in [0, 1] (uint8 is divided by 255)."""
-    if x.ndim not in (2, 3) or len(x) == 0:
-        raise VaelabError(f"{where} has shape {x.shape}: images must be a non-empty [N, P] or [N, H, W] array")
+    if x.ndim not in (2, 3) or len(x) == 0 or 0 in x.shape:
+        raise VaelabError(f"{where} has shape {x.shape}: images must be a non-empty [N, P] or [N, H, W] array "
+                          "with at least one pixel")
     if x.ndim == 3:
         shape = (x.shape[1], x.shape[2])
     else:
@@ -277,14 +280,21 @@ def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 def _load_npz(path: Path) -> Splits:
     """A user .npz with x_train, y_train, x_test, y_test and optionally x_valid, y_valid."""
     try:
+        check_npz(path, (*SPLIT_KEYS,))
+    except ValueError as e:
+        raise VaelabError(f"{path} is not a readable .npz file: {e}") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise VaelabError(f"{path} is not a readable .npz file ({e}): save it with numpy.savez") from e
+    try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {key: z[key] for key in z.files}
+            arrays = {key: z[key] for key in z.files if key in SPLIT_KEYS}
+            others = sorted(set(z.files) - set(SPLIT_KEYS))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
         raise VaelabError(f"{path} is not a readable .npz file ({e}): save it with numpy.savez") from e
     missing = [k for k in NPZ_REQUIRED if k not in arrays]
     if missing or ("x_valid" in arrays) != ("y_valid" in arrays):
         raise VaelabError(
-            f"{path} has keys {sorted(arrays)}; required {', '.join(NPZ_REQUIRED)} "
+            f"{path} has keys {sorted([*arrays, *others])}; required {', '.join(NPZ_REQUIRED)} "
             "(optionally x_valid and y_valid together)"
         )
     parts = ("train", "valid", "test") if "x_valid" in arrays else ("train", "test")

@@ -67,20 +67,53 @@ class Context:
             barrier(self)
 
 
+def _env_int(name: str, lo: int, hi: int | None = None) -> int:
+    """An integer torchrun variable in [lo, hi]; missing or malformed is a VaelabError naming the fix."""
+    raw = os.environ.get(name)
+    fix = "start the job with torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)"
+    if raw is None:
+        raise VaelabError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} but {name} is not set: {fix}")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise VaelabError(f"{name}={raw!r} is not an integer: {fix}") from None
+    if value < lo or (hi is not None and value > hi):
+        span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise VaelabError(f"{name}={value} must be {span}: {fix}")
+    return value
+
+
+def world_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) from torchrun's environment; (1, 0, 0) without WORLD_SIZE or with
+    WORLD_SIZE=1. Under a real job (WORLD_SIZE > 1) RANK and MASTER_ADDR / MASTER_PORT must be there and sane."""
+    if os.environ.get("WORLD_SIZE") is None:
+        return 1, 0, 0
+    world = _env_int("WORLD_SIZE", 1)
+    if world == 1:
+        return 1, 0, 0
+    rank = _env_int("RANK", 0, world - 1)
+    local = _env_int("LOCAL_RANK", 0) if "LOCAL_RANK" in os.environ else 0
+    if not os.environ.get("MASTER_ADDR"):
+        raise VaelabError(f"WORLD_SIZE={world} but MASTER_ADDR is not set: start the job with torchrun, or set "
+                          "MASTER_ADDR and MASTER_PORT to rank 0's address")
+    _env_int("MASTER_PORT", 1, 65535)
+    return world, rank, local
+
+
 def is_main_process() -> bool:
     """True unless torchrun started this process as a rank other than 0 (usable before `setup`)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return world_env()[1] == 0
 
 
 def setup(device: torch.device) -> Context:
     """Join the torchrun job described by RANK / WORLD_SIZE / LOCAL_RANK (NCCL on CUDA, Gloo on the CPU).
 
     Without WORLD_SIZE, or with WORLD_SIZE=1, returns a single-process Context on `device` and touches nothing.
-    Under torchrun each rank computes on cuda:LOCAL_RANK when `device` is CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    Under torchrun each rank computes on cuda:LOCAL_RANK when `device` is CUDA. Missing or malformed variables
+    (RANK, MASTER_ADDR, non-integers) are refused before any connection is tried."""
+    world, rank, local = world_env()
     if world <= 1:
         return Context(device=device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise VaelabError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs visible: "

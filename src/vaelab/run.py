@@ -7,38 +7,47 @@ checkpoint in place of a good one. Weights are safetensors; the rest loads with 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from . import faults
+from .checks import check_device_name
 from .config import Config, DataConfig, config_from_yaml_text
 from .data import Splits, binarize, load_splits
 from .errors import VaelabError
 from .estimators import Estimator, build_estimator
 from .model import VAE, build_model
+from .runstate import check_state
 
 FORMAT = "vaelab-checkpoint-1"
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    """`auto` picks CUDA when present, else the CPU; `cpu`, `cuda` and `cuda:N` are taken as given (CUDA must be
+    there, N must name one of its GPUs). Anything else (mps, meta, ...) is refused: vaelab runs on CPUs and CUDA."""
+    check_device_name("--device", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VaelabError(f"device {name!r} requested but no CUDA GPU is visible: use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise VaelabError(f"unknown device {name!r}: use auto, cpu or cuda") from err
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VaelabError(f"device {name!r} requested but no CUDA GPU is visible: use --device cpu or auto")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise VaelabError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible: "
+                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)
 
 
 @dataclass
@@ -81,28 +90,64 @@ def prepare_data(cfg: DataConfig, device: torch.device, splits: Splits | None = 
 def build(cfg: Config, data: DeviceData, device: torch.device) -> tuple[VAE, Estimator]:
     """Model and estimator for `cfg`, on `device`, seeded by `cfg.train.seed`."""
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.x_train.shape[1], data.image_shape, data.x_train.mean(0).cpu())
-    estimator = build_estimator(cfg.estimator.name, cfg.estimator.kwargs, model)
-    return model.to(device), estimator.to(device)
+    try:
+        model = build_model(cfg.model, data.x_train.shape[1], data.image_shape, data.x_train.mean(0).cpu())
+        estimator = build_estimator(cfg.estimator.name, cfg.estimator.kwargs, model)
+        return model.to(device), estimator.to(device)
+    except (RuntimeError, MemoryError) as err:
+        if "alloc" not in str(err).lower() and not isinstance(err, MemoryError | torch.OutOfMemoryError):
+            raise
+        raise VaelabError(f"the model does not fit in memory on {device} ({str(err).splitlines()[0][:80]}): "
+                          "lower model.hidden or model.latent_dim") from err
+
+
+def write_error(path: Path, err: OSError) -> VaelabError:
+    """A failed write as one line: what, why (the OS's reason), and the fix."""
+    return VaelabError(f"cannot write {path} ({err.strerror or err}): free disk space or make the folder "
+                       "writable, then run again")
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and flush `data` to disk (fsync), so a rename that follows never publishes a half-written file."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file and a rename."""
+    """Write `text` to `path` through a temp file and a rename; on failure the temp file is removed, `path` is
+    left as it was, and the error is one line."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        _write_bytes(tmp, text.encode())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from err
 
 
 def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator, state: dict[str, Any]) -> None:
-    """Write weights (safetensors, config in metadata) and training state, then swap them in atomically."""
+    """Write weights (safetensors, config in metadata) and training state to checkpoint.tmp/, then swap them in by
+    renames. A failed write (disk full, a file-size limit, permissions) removes checkpoint.tmp/ and leaves the
+    previous checkpoint as it was."""
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"estimator.{k}": v.detach().contiguous() for k, v in estimator.state_dict().items()}
-    save_file(tensors, tmp / "model.safetensors", metadata={"format": FORMAT, "config": cfg.to_yaml(),
-                                                           "epoch": str(state.get("epoch", 0))})
-    torch.save(state, tmp / "state.pt")
+    weights = safetensors.torch.save(tensors, metadata={"format": FORMAT, "config": cfg.to_yaml(),
+                                                        "epoch": str(state.get("epoch", 0))})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write_bytes(tmp / "model.safetensors", weights)
+        _write_bytes(tmp / "state.pt", buffer.getvalue())
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the previous checkpoint is intact" if _has_checkpoint(run_dir) else "no checkpoint was written yet"
+        raise VaelabError(f"cannot write the checkpoint in {run_dir} ({err.strerror or err}; {kept}): free disk "
+                          f"space or make it writable, then `vaelab train --resume {run_dir}` continues") from err
     faults.point("checkpoint.written")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -112,30 +157,67 @@ def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / name / "model.safetensors").is_file() for name in ("checkpoint", "checkpoint.old"))
+
+
 def _checkpoint_dir(run_dir: Path) -> Path:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VaelabError(f"{run_dir} is a file, not a run directory: give the directory `vaelab train --out` made")
     for name in ("checkpoint", "checkpoint.old"):   # .old survives a crash between the two renames
         if (run_dir / name / "model.safetensors").is_file():
             return run_dir / name
     raise VaelabError(f"no checkpoint in {run_dir}: train first with `vaelab train CONFIG --out {run_dir}`")
 
 
-def read_checkpoint(run_dir: str | Path) -> tuple[Config, dict[str, Tensor], dict[str, Any]]:
-    """Config, weights and training state of a run, refusing damaged or foreign files with a clear error."""
-    ckpt = _checkpoint_dir(Path(run_dir))
-    try:
-        from safetensors import safe_open
+DAMAGED_FIX = "retrain, or resume from a backup copy"
 
+
+def _load_files(ckpt: Path) -> tuple[dict[str, str], dict[str, Tensor], Any]:
+    """Metadata, tensors and the state object of a checkpoint directory; nothing in them is executed."""
+    for name in ("model.safetensors", "state.pt"):
+        if not (ckpt / name).is_file():
+            raise VaelabError(f"checkpoint {ckpt} lacks {name}: {DAMAGED_FIX}")
+    try:
         with safe_open(ckpt / "model.safetensors", framework="pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(ckpt / "model.safetensors")
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as err:
-        raise VaelabError(f"checkpoint {ckpt} is damaged ({str(err).splitlines()[0][:80]}): "
-                          "retrain, or resume from a backup copy") from err
+        tensors = safetensors.torch.load_file(ckpt / "model.safetensors")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise VaelabError(f"checkpoint {ckpt} is damaged ({str(err).splitlines()[0][:80]}): {DAMAGED_FIX}") from err
     if meta.get("format") != FORMAT:
         raise VaelabError(f"{ckpt} is not a vaelab checkpoint (format {meta.get('format')!r}): "
                           "point to a run directory written by `vaelab train`")
-    return config_from_yaml_text(meta["config"]), tensors, state
+    try:
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):         # torch refused a global: a pickle payload, never run
+            raise VaelabError(f"{ckpt}/state.pt holds objects other than tensors and plain values (refused "
+                              f"unread): {DAMAGED_FIX}") from err
+        raise VaelabError(f"{ckpt}/state.pt is damaged (not a torch.save file): {DAMAGED_FIX}") from err
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+            zipfile.BadZipFile) as err:
+        raise VaelabError(f"{ckpt}/state.pt is damaged ({str(err).splitlines()[0][:80]}): {DAMAGED_FIX}") from err
+    return meta, tensors, state
+
+
+def read_checkpoint(run_dir: str | Path) -> tuple[Config, dict[str, Tensor], dict[str, Any]]:
+    """Config, weights and training state of a run, refusing damaged or foreign files with a clear error: the
+    config is re-validated, the weights must be finite, state.pt must hold the keys and types `train` writes."""
+    ckpt = _checkpoint_dir(Path(run_dir))
+    meta, tensors, state = _load_files(ckpt)
+    if "config" not in meta:
+        raise VaelabError(f"checkpoint {ckpt} carries no config in its metadata: {DAMAGED_FIX}")
+    try:
+        cfg = config_from_yaml_text(meta["config"], f"the config stored in {ckpt}", DAMAGED_FIX)
+    except VaelabError as err:
+        if "stored in" in str(err):
+            raise
+        raise VaelabError(f"the config stored in {ckpt} is invalid ({err}); {DAMAGED_FIX}") from err
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise VaelabError(f"checkpoint {ckpt} holds NaN or infinite values in {key}: {DAMAGED_FIX}")
+    check_state(state, ckpt, meta.get("epoch"))
+    return cfg, tensors, state
 
 
 def load_weights(model: VAE, estimator: Estimator, tensors: dict[str, Tensor]) -> None:
@@ -145,8 +227,9 @@ def load_weights(model: VAE, estimator: Estimator, tensors: dict[str, Tensor]) -
         try:
             module.load_state_dict(part)
         except RuntimeError as err:
-            raise VaelabError(f"checkpoint does not match its config ({str(err).splitlines()[0][:100]}): "
-                              "was it copied from another run?") from err
+            detail = " ".join(str(err).split("\n", 1)[-1].split())[:120]    # the first mismatch, on one line
+            raise VaelabError(f"checkpoint does not match its config ({detail}): was it copied from another "
+                              "run?") from err
 
 
 @dataclass

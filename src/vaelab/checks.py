@@ -1,0 +1,218 @@
+"""Range checks of a whole Config, run before anything is built or written, and of command-line counts and paths.
+
+Each failure is a VaelabError naming the key, the value, what it must be and how to fix it. Checks that need the
+registries (latent families, estimators, networks) import them lazily: config.py stays importable on its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any
+
+from .errors import VaelabError
+
+SEED_MAX = 2**63 - 1            # torch and numpy seeds: 0 .. 2^63-1
+SIZE_MAX = 65536                # the largest layer width, channel count or latent dimension accepted
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+DECODER_BIASES = ("zero", "data_mean")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_int(where: str, value: Any, lo: int, hi: int | None = None, fix: str = "") -> None:
+    """`value` must be an int in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        span = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+        raise VaelabError(f"{where} = {value!r} must be {span}: {fix or 'fix the value'}")
+
+
+def check_positive(where: str, value: Any, fix: str = "") -> None:
+    """`value` must be a finite number > 0."""
+    if not _number(value) or not math.isfinite(value) or value <= 0:
+        raise VaelabError(f"{where} = {value!r} must be a finite number > 0: {fix or 'fix the value'}")
+
+
+def check_seed(where: str, value: Any) -> None:
+    check_int(where, value, 0, SEED_MAX, "give a seed in 0..2^63-1")
+
+
+def check_device_name(where: str, value: Any) -> None:
+    if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
+        raise VaelabError(f"{where} = {value!r} is not a device vaelab runs on: use auto, cpu, cuda or cuda:N")
+
+
+def check_choice(where: str, value: Any, choices: typing.Iterable[str]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        import difflib
+
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise VaelabError(f"{where} = {value!r} is not known: {hint}choose one of {', '.join(choices)}")
+
+
+def _init_parameters(cls: type) -> tuple[Any, dict[str, inspect.Parameter]] | None:
+    """The __init__ that builds `cls` (the first one below torch's nn.Module) and its keyword parameters (those
+    with defaults, which a config may set); None when it takes **kwargs (nothing can be checked)."""
+    import torch
+
+    for klass in cls.__mro__:
+        if klass in (torch.nn.Module, object):
+            return None, {}
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                return None
+            return klass.__init__, {n: p for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    return None, {}
+
+
+def check_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
+    """Refuse keyword arguments `cls` does not take ("did you mean") and values of the wrong type: an int
+    parameter (a size or count) must be a positive integer, a float one a finite number."""
+    from .config import _check_type
+
+    found = _init_parameters(cls)
+    if found is None:
+        return
+    init, params = found
+    hints = typing.get_type_hints(init) if init is not None else {}
+    for key, value in kwargs.items():
+        if key not in params:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(params), n=1)
+            hint = f"did you mean {where}.{close[0]}? " if close else ""
+            valid = ", ".join(params) or "none"
+            raise VaelabError(f"unknown key {where}.{key}: {hint}valid keys for {cls.__name__}: {valid}")
+        tp = hints.get(key, typing.Any)
+        if tp is not typing.Any:
+            _check_type(value, tp, f"{where}.{key}")
+        if isinstance(value, int) and not isinstance(value, bool) and int in typing.get_args(tp) + (tp,):
+            check_int(f"{where}.{key}", value, 1, SIZE_MAX)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise VaelabError(f"{where}.{key} = {value!r} must be a finite number: fix the value")
+
+
+def _check_data(cfg: Any) -> None:
+    from .data import BINARIZATIONS
+
+    if not isinstance(cfg.source, str) or not cfg.source.strip():
+        raise VaelabError("data.source is empty: give mnist, digits or a path to a .npz file or IDX folder")
+    check_choice("data.binarize", cfg.binarize, BINARIZATIONS)
+    check_seed("data.eval_seed", cfg.eval_seed)
+
+
+def _check_model(cfg: Any) -> None:
+    from .latents import LATENTS
+    from .nets import ACTIVATIONS, NETS
+
+    latent = LATENTS.get(cfg.latent)
+    NETS.get(cfg.nets)
+    check_int("model.latent_dim", cfg.latent_dim, 1, SIZE_MAX)
+    for i, size in enumerate(cfg.hidden):
+        check_int(f"model.hidden[{i}]", size, 1, SIZE_MAX, "list positive layer sizes, e.g. [512, 256]")
+    check_choice("model.activation", cfg.activation, ACTIVATIONS)
+    check_choice("model.decoder_bias", cfg.decoder_bias, DECODER_BIASES)
+    check_kwargs(latent, cfg.latent_kwargs, "model.latent_kwargs")
+
+
+def _check_train(cfg: Any) -> None:
+    from .distributed import check_options
+    from .optim import check_param_groups
+    from .schedules import kl_schedule, lr_schedule
+
+    check_int("train.epochs", cfg.epochs, 1)
+    check_int("train.batch_size", cfg.batch_size, 1)
+    check_positive("train.lr", cfg.lr, "e.g. train.lr=1e-3")
+    check_positive("train.adam_eps", cfg.adam_eps, "e.g. train.adam_eps=1e-8")
+    check_seed("train.seed", cfg.seed)
+    check_device_name("train.device", cfg.device)
+    if cfg.grad_clip is not None:
+        check_positive("train.grad_clip", cfg.grad_clip, "give a positive norm, or null for no clipping")
+    if cfg.steps_per_epoch is not None:
+        check_int("train.steps_per_epoch", cfg.steps_per_epoch, 1, fix="give a positive cap, or null")
+    check_param_groups(cfg.param_groups)
+    lr_schedule(cfg.lr_schedule)
+    kl_schedule(cfg.kl_weight, 1)
+    import torch
+
+    check_options(cfg.compile, cfg.autocast, torch.device("cpu"), cfg.compile_mode)
+
+
+def check_config(cfg: Any) -> None:
+    """Every field of a Config in range; raises a VaelabError naming the first one that is not."""
+    from .estimators import ESTIMATORS
+
+    if not isinstance(cfg.name, str) or not cfg.name or cfg.name in (".", "..") or "/" in cfg.name \
+            or os.sep in cfg.name:
+        raise VaelabError(f"name = {cfg.name!r} must be a plain name (it names runs/<name>): e.g. name: my_vae")
+    _check_data(cfg.data)
+    _check_model(cfg.model)
+    check_kwargs(ESTIMATORS.get(cfg.estimator.name), cfg.estimator.kwargs, "estimator.kwargs")
+    _check_train(cfg.train)
+    check_int("eval.iw_samples", cfg.eval.iw_samples, 0, IW_SAMPLES_MAX, "0 skips the IW estimate")
+    check_int("eval.batch_size", cfg.eval.batch_size, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command-line counts and output paths
+# ---------------------------------------------------------------------------------------------------------------
+
+IW_SAMPLES_MAX = 1_000_000      # K of the IW estimate (streamed in chunks: memory is bounded, time is not)
+
+
+def check_count(flag: str, value: int | None, lo: int, hi: int, why: str = "") -> None:
+    """A command-line count in [lo, hi] (None: the option was not given)."""
+    if value is None:
+        return
+    if value < lo or value > hi:
+        limit = f" (the limit{why})" if value > hi else ""
+        raise VaelabError(f"{flag} {value}: give a number from {lo} to {hi:,}{limit}")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or the closest ancestor of it that exists."""
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """`path` must be (or can become) a directory this process can write: not a file, not under a file, and
+    the directory itself (or its closest existing ancestor) accepts a new file (a probe file, removed at once)."""
+    path = Path(path)
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        where = "is a file" if existing == Path(os.path.abspath(path)) else f"is under {existing}, which is a file"
+        raise VaelabError(f"{what} {path} {where}: choose a directory path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".vaelab-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise VaelabError(f"cannot write to {existing} ({err.strerror}): make it writable or choose another "
+                          f"{what}") from err
+
+
+def check_output_file(path: str | Path, what: str, extensions: tuple[str, ...]) -> None:
+    """An output file path: a known extension, not a directory, in a writable directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise VaelabError(f"{what} {path} is a directory: give a file path such as {path / 'samples.png'}")
+    if path.suffix.lower() not in extensions:
+        raise VaelabError(f"{what} {path}: unknown image extension {path.suffix or '(none)'!r}: "
+                          f"use one of {', '.join(extensions)}")
+    existing = _nearest_existing(path.parent)
+    if not existing.is_dir():
+        raise VaelabError(f"{what} {path} is under {existing}, which is a file: choose another path")
+    check_writable_dir(path.parent, f"folder for {what}")
