@@ -1,0 +1,185 @@
+"""One run of a sweep, as a worker executes it: train (or resume, or skip), then evaluate (or skip).
+
+`execute_run(job)` is what a local worker thread and a Ray task both call, so both backends do the same thing:
+each step is its own `python -m vaelab ...` process with `job.threads` threads, its output appended to the
+run's log. The run directory is the truth about a run's state, so a sweep started again (anywhere that sees the
+same files) skips finished runs, resumes interrupted ones from their checkpoint and evaluates what is not
+evaluated with the sweep's settings. A failure comes back as a result with the error, never as an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, config_from_yaml_text, load_config
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to run one setting and seed; paths are absolute."""
+
+    name: str
+    run_dir: str
+    config_path: str
+    log_path: str
+    epochs: int
+    iw_samples: int | None          # None: no evaluation
+    autoencoder: bool               # needs `vaelab fit-density` before `vaelab evaluate`
+    device: str
+    threads: int
+    cwd: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class RunFailed(Exception):
+    """A step of a run failed; the message is what sweep.yaml records."""
+
+
+def _differences(a: Config, b: Config) -> list[str]:
+    """The dotted config keys whose values differ between `a` and `b`."""
+    from .compare import flatten
+
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    return [k for k in fa if fa[k] != fb.get(k)]
+
+
+def checkpoint_state(run_dir: Path) -> tuple[Config, int] | None:
+    """The saved config and epoch of the run's checkpoint (read from the safetensors header only), or None."""
+    from safetensors import safe_open
+
+    for name in ("checkpoint", "checkpoint.old"):
+        path = run_dir / name / "model.safetensors"
+        if path.is_file():
+            try:
+                with safe_open(path, framework="pt") as f:
+                    meta = f.metadata() or {}
+                return config_from_yaml_text(meta["config"]), int(meta.get("epoch", 0))
+            except Exception as err:   # noqa: BLE001 - any unreadable header is reported the same way
+                raise RunFailed(f"checkpoint {path} is unreadable ({type(err).__name__}): delete {run_dir} to "
+                                "retrain it") from err
+    return None
+
+
+def _clear_partial(run_dir: Path) -> None:
+    """A run that died before its first checkpoint: remove what it wrote, so `vaelab train` starts afresh."""
+    for name in ("config.yaml", "metrics.jsonl", "eval.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("tb", "checkpoint.tmp"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _vaelab(job: Job, args: list[str]) -> None:
+    """Run `python -m vaelab ARGS` (with --quiet for train and evaluate) for `job`, its output appended to the
+    run's log; RunFailed on a non-zero exit."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads)) | job.env
+    log_path = Path(job.log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} vaelab {' '.join(args)}\n")
+        log.flush()
+        start = log.tell()
+        cwd = job.cwd if Path(job.cwd).is_dir() else None
+        quiet = ["--quiet"] if args[0] in ("train", "evaluate") else []
+        code = subprocess.run([sys.executable, "-m", "vaelab", *args, *quiet], stdout=log, stderr=log, env=env,
+                              cwd=cwd, stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        raise RunFailed(_error_line(log_path, start, code, args[0]))
+
+
+def _error_line(log_path: Path, start: int, code: int, step: str) -> str:
+    """The step's `vaelab: error:` line, else its last output line, else how it ended."""
+    with open(log_path, errors="replace") as f:
+        f.seek(start)
+        lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+    errors = [line.removeprefix("vaelab: error: ") for line in lines if line.startswith("vaelab: error:")]
+    if errors:
+        return f"{step}: {errors[-1]}"
+    if code < 0:
+        return f"{step}: killed by {signal.Signals(-code).name}; rerun the sweep to resume it from its checkpoint"
+    tail = lines[-1][:200] if lines else "no output"
+    return f"{step}: exit code {code} ({tail}); see {log_path}"
+
+
+def train_step(job: Job) -> str:
+    """Train, resume or skip; returns what was done."""
+    run_dir = Path(job.run_dir)
+    state = checkpoint_state(run_dir)
+    if state is None:
+        _clear_partial(run_dir)
+        _vaelab(job, ["train", job.config_path, "--out", job.run_dir])
+        return "trained"
+    saved, epoch = state
+    wanted = load_config(job.config_path)
+    saved.train.device, saved.train.epochs = wanted.train.device, wanted.train.epochs
+    if saved != wanted:
+        raise RunFailed(f"{run_dir} holds a run with other settings ({', '.join(_differences(saved, wanted))}): "
+                        "move it away, or sweep into another --out")
+    if epoch > job.epochs:
+        raise RunFailed(f"{run_dir} is trained for {epoch} epochs, more than the spec's {job.epochs}: raise "
+                        "train.epochs in the spec, or sweep into another --out")
+    if epoch == job.epochs:
+        return "already trained"
+    for stale in ("eval.json", "density.npz"):        # they described an earlier state of the model
+        (run_dir / stale).unlink(missing_ok=True)
+    _vaelab(job, ["train", "--resume", job.run_dir, "--epochs", str(job.epochs)])
+    return f"resumed at epoch {epoch + 1}"
+
+
+def evaluated(job: Job) -> bool:
+    """True when eval.json was written with the sweep's K after the last epoch."""
+    path = Path(job.run_dir) / "eval.json"
+    if not path.is_file():
+        return False
+    ev = json.loads(path.read_text())
+    return ev.get("iw_samples") == job.iw_samples and ev.get("epochs_trained", job.epochs) == job.epochs
+
+
+def evaluate_step(job: Job, trained_now: bool) -> str:
+    """`vaelab evaluate` (after `vaelab fit-density` for an autoencoder) unless done already."""
+    if job.iw_samples is None:
+        return "not evaluated (evaluate: false)"
+    if not trained_now and evaluated(job):
+        return "already evaluated"
+    if job.autoencoder and not (Path(job.run_dir) / "density.npz").is_file():
+        _vaelab(job, ["fit-density", job.run_dir, "--no-figures", "--device", job.device])
+    _vaelab(job, ["evaluate", job.run_dir, "--iw-samples", str(job.iw_samples), "--device", job.device])
+    return f"evaluated (K={job.iw_samples})"
+
+
+def describe(job: Job) -> str:
+    """The run's state as its directory shows it: new, E/N-epochs, trained (not evaluated), done, unreadable."""
+    try:
+        state = checkpoint_state(Path(job.run_dir))
+    except RunFailed:
+        return "unreadable"
+    if state is None:
+        return "new"
+    if state[1] != job.epochs:
+        return f"{state[1]}/{job.epochs}-epochs"
+    return "done" if job.iw_samples is None or evaluated(job) else "trained"
+
+
+def execute_run(job: Job) -> dict[str, Any]:
+    """Train and evaluate `job`; returns {name, state: done|failed, error, action, seconds}."""
+    t0 = time.perf_counter()
+    actions: list[str] = []
+    try:
+        actions.append(train_step(job))
+        actions.append(evaluate_step(job, trained_now=not actions[0].startswith("already")))
+    except RunFailed as err:
+        return {"name": job.name, "state": "failed", "error": str(err), "action": ", ".join(actions) or None,
+                "seconds": round(time.perf_counter() - t0, 1)}
+    except Exception as err:   # noqa: BLE001 - one broken run must not stop the others
+        return {"name": job.name, "state": "failed", "error": f"{type(err).__name__}: {err}",
+                "action": ", ".join(actions) or None, "seconds": round(time.perf_counter() - t0, 1)}
+    return {"name": job.name, "state": "done", "error": None, "action": ", ".join(actions),
+            "seconds": round(time.perf_counter() - t0, 1)}
