@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= reports/quick
 
-.PHONY: demo test venv clean-demo
+BROWSERS := chromium chromium-browser google-chrome
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test browser-test venv clean-demo
 
 venv: $(VENV)/.installed
 
@@ -23,6 +26,15 @@ demo: venv
 test: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
+
+# report.html in headless Chromium (tests/test_browser.py; `make test` runs it too whenever a browser is on PATH).
+# Installs Chromium with apt-get where none of $(BROWSERS) is found; screenshot in reports/test-artifacts/.
+browser-test: venv
+	@for b in $(BROWSERS); do command -v $$b >/dev/null && exit 0; done; \
+	 command -v apt-get >/dev/null || { echo "no Chromium or Chrome on PATH and no apt-get: install one"; exit 1; }; \
+	 echo "installing chromium with apt-get"; $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/pytest -rs tests/test_browser.py
 
 clean-demo:
 	rm -rf $(DEMO)

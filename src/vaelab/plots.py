@@ -12,6 +12,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
@@ -55,22 +56,70 @@ def save_grid(images: Tensor | np.ndarray, image_shape: tuple[int, int], path: s
     return save_figure(fig, path)
 
 
-def plot_curves(histories: dict[str, list[dict]], keys: dict[str, str], ylabel: str, path: str | Path,
-                title: str) -> Path:
-    """Per-epoch curves from metrics.jsonl rows, every run on shared axes: `keys` maps a row key to a line style
-    label, e.g. {"valid_kl": "valid", "train_kl": "train"}."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    styles = ["-", "--", ":"]
-    for color, (label, rows) in zip(plt.cm.tab10.colors, histories.items(), strict=False):
-        for style, (key, what) in zip(styles, keys.items(), strict=False):
-            points = [(r["epoch"], r[key]) for r in rows if key in r]
+def run_colors(labels: list[str]) -> dict[str, tuple]:
+    """One tab10 colour per run label, in order: pass the same list to every figure so a run keeps its colour."""
+    return dict(zip(labels, plt.cm.tab10.colors * (len(labels) // 10 + 1), strict=False))
+
+
+def draw_curves(ax: plt.Axes, histories: dict[str, list[dict]], keys: dict[str, str],
+                colors: dict[str, tuple]) -> None:
+    """Per-epoch lines from metrics.jsonl rows: a colour per run, a line style per key (first solid, then dashed,
+    dotted); a run without the key draws nothing."""
+    for label, rows in histories.items():
+        for style, key in zip(("-", "--", ":"), keys, strict=False):
+            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), style, color=color, marker="o", markersize=3,
-                        label=f"{label} ({what})")
+                ax.plot(*zip(*points, strict=True), style, color=colors[label], marker="o", markersize=3,
+                        label=f"{label} ({keys[key]})")
+
+
+def plot_curves(histories: dict[str, list[dict]], keys: dict[str, str], ylabel: str, path: str | Path,
+                title: str, colors: dict[str, tuple] | None = None,
+                finals: dict[str, tuple[float, float]] | None = None, final_label: str = "") -> Path:
+    """Per-epoch curves from metrics.jsonl rows, every run on shared axes: `keys` maps a row key to a line style
+    label, e.g. {"valid_kl": "valid", "train_kl": "train"}. `finals` maps a run label to one (epoch, value) point
+    drawn as a star (a value computed once, at the end), described in the legend by `final_label`. The legend
+    names each run once by its colour and each line style once."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.3), dpi=100)
+    labels = list(dict.fromkeys([*histories, *(finals or {})]))
+    colors = colors or run_colors(labels)
+    draw_curves(ax, histories, keys, colors)
+    for label, (epoch, value) in (finals or {}).items():
+        ax.plot([epoch], [value], "*", color=colors[label], markersize=13, markeredgecolor="k", markeredgewidth=0.6)
+    handles = [Line2D([], [], color=colors[k], linewidth=3, label=k) for k in labels]
+    handles += [Line2D([], [], color="0.3", linestyle=style, label=what)
+                for style, what in zip(("-", "--", ":"), keys.values(), strict=False)]
+    if finals:
+        handles.append(Line2D([], [], marker="*", linestyle="", color="0.3", markersize=10, label=final_label))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_gradvar_runs(results: dict[str, dict], path: str | Path, colors: dict[str, tuple] | None = None) -> Path:
+    """Gradient variance (trace of the covariance of one draw of the encoder gradient, `vaelab gradvar`'s
+    "variance") per estimator, one bar per trained model, log scale; a dashed line per model at the squared norm
+    of its reference gradient, above which one draw's noise outweighs the gradient itself."""
+    colors = colors or run_colors(list(results))
+    names = list(dict.fromkeys(r["estimator"] for res in results.values() for r in res["rows"]))
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(6.4, 4.3), dpi=100)
+    for i, (label, res) in enumerate(results.items()):
+        variance = {r["estimator"]: r["variance"] for r in res["rows"]}
+        xs = np.arange(len(names)) + (i - (len(results) - 1) / 2) * width
+        ax.bar(xs, [variance.get(n, np.nan) for n in names], width, color=colors[label], label=f"at {label}")
+        ax.axhline(res["target_norm"] ** 2, color=colors[label], linestyle="--", linewidth=1)
+    ax.plot([], [], "--", color="0.3", label="|reference gradient|²")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("gradient variance, one draw (trace)")
+    first = next(iter(results.values()))
+    ax.set_title(f"Encoder-gradient variance: batch of {first['batch']}, {first['draws']} draws per estimator",
+                 fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     return save_figure(fig, path)

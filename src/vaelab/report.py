@@ -1,49 +1,58 @@
-"""The study's report from saved artifacts only (never trains): report.md and a self-contained report.html."""
+"""The study's report from saved artefacts only (never trains): report.md and a self-contained report.html.
+
+The page (laid out by page.render_page) puts each figure beside its twin, marks the best value of each ranked
+column, folds configs and provenance, and says in one line why anything expected is missing. What it shows beyond
+each run's eval.json and figures comes from RUN/metrics.jsonl (curves), and from what report_inputs.py left in
+the run (gradient variance, codes in 2-D, the interactive latent map). Numbered figures are the seed's; lettered
+ones are vaelab's additions.
+"""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from .plots import plot_curves
+from . import page
 from .run import atomic_write_text
 
-# (figure number in the seed, run, file under RUN/fig, caption)
-FIGURES = [
-    ("1", "gaussian_vae", "samples_bernoulli.png", "Gaussian VAE: z ~ N(0, I), images drawn as x ~ Bernoulli(omega)."),
-    ("2", "gaussian_vae", "samples_threshold.png", "Gaussian VAE: the same decoder, images thresholded omega > 0.5."),
-    ("4", "bernoulli_vae", "samples_bernoulli.png", "Bernoulli VAE (sfe-avg): z ~ Bern(1/2)^n, x ~ Bern(omega)."),
-    ("5", "bernoulli_vae", "samples_threshold.png", "Bernoulli VAE (seed's sfe-avg): thresholded omega > 0.5."),
-    ("4b", "bernoulli_vae_disarm", "samples_bernoulli.png", "Bernoulli VAE trained with DisARM: x ~ Bern(omega)."),
-    ("5b", "bernoulli_vae_disarm", "samples_threshold.png", "Bernoulli VAE trained with DisARM: omega > 0.5."),
-    ("6", "ae_gmm", "latent_codes.png", "The autoencoder's 2-D codes of every training image, coloured by digit."),
-    ("7-8", "ae_gmm", "latent_codes_vs_gmm.png",
-     "Codes of the training set (left) and as many samples of the 20-component GMM (right), same axes."),
-    ("9", "ae_gmm", "samples_gmm_probs.png", "Decoded GMM samples: omega shown as grey levels."),
-    ("9b", "ae_gmm", "samples_gmm_threshold.png", "Decoded GMM samples, thresholded omega > 0.5."),
-    ("10", ".", "kl_curves.png", "KL[q(z|x) || p(z)] per epoch (validation set), both VAEs on shared axes."),
-    ("11", ".", "rec_curves.png", "Reconstruction term E_q[log p(x|z)] (= -BCE) per epoch, both VAEs."),
-]
-RECON = "recon_probs.png"
+SHORT = {"gaussian_vae": "Gaussian VAE", "bernoulli_vae": "Bernoulli VAE (sfe-avg)",
+         "bernoulli_vae_disarm": "Bernoulli VAE (DisARM)", "ae_gmm": "AE + GMM"}
 NOTE_LIKELIHOOD = ("IW log-lik. = log (1/K) sum_k p(x, z_k)/q(z_k|x): a stochastic lower bound on log p(x) that "
                    "tightens with K (for the AE: under its fitted GMM prior, with a fitted proposal). The AE has no "
                    "ELBO; its rec. is log p(x|z(x)) at its deterministic code.")
+NOTE_BEST = ("Bold: the best mean of each bound (higher is better); KL and rec. are the ELBO's two terms, which "
+             "trade off, so they are not ranked.")
 NOTE_QUALITY = ("Scores of samples against the binarized test set, on the penultimate features of vaelab's shipped "
                 "MNIST classifier (a Frechet distance on those features, not Inception FID); precision/recall as "
-                "Kynkaanniemi et al. 2019 (k=3).")
+                "Kynkaanniemi et al. 2019 (k=3). Bold: best per column (lowest distance, highest otherwise).")
+RERUN = "rerun `vaelab reproduce` with the same --out to draw it"
 
-COLUMNS = [("elbo", "test ELBO"), ("kl", "KL"), ("rec", "rec."), ("iw_loglik", "IW log-lik.")]
-QUALITY = [("fid_classifier_features", "FID on MNIST-CNN features"), ("precision", "precision"),
-           ("recall", "recall"), ("digit_entropy_fraction", "digit entropy / log 10"),
-           ("mean_confidence", "classifier confidence")]
+# (key in eval.json, column header, "max"/"min"/None: how the column is ranked)
+COLUMNS = [("elbo", "test ELBO", "max"), ("kl", "KL", None), ("rec", "rec.", None), ("iw_loglik", "IW log-lik.", "max")]
+QUALITY = [("fid_classifier_features", "FID on MNIST-CNN features", "min"), ("precision", "precision", "max"),
+           ("recall", "recall", "max"), ("digit_entropy_fraction", "digit entropy / log 10", "max"),
+           ("mean_confidence", "classifier confidence", "max")]
+
+
+@dataclass
+class Fig:
+    """A figure of the report: `path` relative to the study folder; `why` says in one line why it may be absent."""
+
+    label: str
+    path: Path
+    caption: str
+    why: str = f"not drawn: {RERUN}"
+    pixel: bool = False
+    wide: bool = False
 
 
 def histories(out: Path, names: list[str]) -> dict[str, list[dict]]:
+    """metrics.jsonl rows of each run that has them."""
     rows = {}
     for name in names:
         path = out / name / "metrics.jsonl"
@@ -53,11 +62,20 @@ def histories(out: Path, names: list[str]) -> dict[str, list[dict]]:
 
 
 def fmt(metrics: dict[str, Any], key: str) -> str:
+    """A value with its standard error when there is one ("–" when there is no value), as the tables show it."""
     value = metrics.get(key)
     if value is None:
         return "–"
     err = metrics.get(f"{key}_stderr")
     return f"{value:.2f} ± {err:.2f}" if err is not None else f"{value:.3f}"
+
+
+def shown(metrics: dict[str, Any], key: str) -> float | None:
+    """The value as `fmt` rounds it (so ties on the page are ties when ranking)."""
+    value = metrics.get(key)
+    if value is None:
+        return None
+    return round(value, 2) if metrics.get(f"{key}_stderr") is not None else round(value, 3)
 
 
 def stage_eval(out: Path, name: str) -> dict[str, Any] | None:
@@ -66,103 +84,92 @@ def stage_eval(out: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def metrics_table(out: Path, stages) -> list[list[str]]:
-    """One row per model: estimator, epochs trained, ELBO terms and IW log-likelihood."""
-    rows = [["model", "estimator", "epochs", *[c for _, c in COLUMNS]]]
+def metrics_table(out: Path, stages) -> tuple[list[list[str]], set[tuple[int, int]]]:
+    """One row per model (estimator, epochs trained, ELBO terms, IW log-likelihood) and the best cells."""
+    rows, values = [["model", "estimator", "epochs", *[c for _, c, _ in COLUMNS]]], [[]]
     for stage in stages:
         m = stage_eval(out, stage.name)
         if m is not None:
             cfg = yaml.safe_load((out / stage.name / "config.yaml").read_text())
             epochs = len(histories(out, [stage.name]).get(stage.name, []))
-            rows.append([stage.title, cfg["estimator"]["name"], str(epochs), *[fmt(m, k) for k, _ in COLUMNS]])
-    return rows
+            rows.append([stage.title, cfg["estimator"]["name"], str(epochs), *[fmt(m, k) for k, _, _ in COLUMNS]])
+            values.append([None] * 3 + [shown(m, k) for k, _, _ in COLUMNS])
+    return rows, page.best_cells(values, {3 + i: d for i, (_, _, d) in enumerate(COLUMNS) if d})
 
 
-def quality_table(out: Path, stages) -> list[list[str]]:
-    """One row per model and sampling mode with sample-quality scores; just the header when none were scored."""
-    rows = [["model", "samples", *[c for _, c in QUALITY]]]
+def quality_table(out: Path, stages) -> tuple[list[list[str]], set[tuple[int, int]]]:
+    """One row per model and sampling mode with sample-quality scores (just the header when none were scored)."""
+    rows, values = [["model", "samples", *[c for _, c, _ in QUALITY]]], [[]]
     for stage in stages:
         m = stage_eval(out, stage.name) or {}
         for key in sorted(k for k in m if k.startswith("quality_")):
             q = m[key]
             prior = {"normal": "the model's p(z)", "gmm": "the fitted GMM"}.get(q["prior"], q["prior"])
-            rows.append([stage.title, f"{q['mode']}, z ~ {prior}", *[fmt(q, k) for k, _ in QUALITY]])
-    return rows
+            rows.append([stage.title, f"{q['mode']}, z ~ {prior}", *[fmt(q, k) for k, _, _ in QUALITY]])
+            values.append([None] * 2 + [shown(q, k) for k, _, _ in QUALITY])
+    return rows, page.best_cells(values, {2 + i: d for i, (_, _, d) in enumerate(QUALITY)})
 
 
-def write_curves(out: Path, stages) -> None:
-    vaes = [s.name for s in stages if not s.name.startswith("ae")]
-    h = histories(out, vaes)
-    plot_curves(h, {"valid_kl": "valid", "train_kl": "train"}, "KL (nats)", out / "kl_curves.png",
-                "Figure 10: KL divergence per epoch")
-    plot_curves(h, {"valid_rec": "valid", "train_rec": "train"}, "E_q[log p(x|z)] (nats)", out / "rec_curves.png",
-                "Figure 11: reconstruction term per epoch")
+def write_study_figures(out: Path, stages) -> dict[str, str]:
+    """The study-level figures (curves, gradient variance, codes in 2-D) in `out`; returns {file: why} for those
+    that could not be drawn."""
+    from .figures_latent import plot_embeddings
+    from .plots import plot_curves, plot_gradvar_runs, run_colors
+
+    short = {s.name: SHORT.get(s.name, s.name) for s in stages}
+    colors = run_colors(list(short.values()))
+    hist = {short[n]: rows for n, rows in histories(out, [s.name for s in stages]).items()}
+    evals = {short[s.name]: stage_eval(out, s.name) or {} for s in stages}
+    ae = {short[s.name] for s in stages if evals[short[s.name]].get("estimator") == "ae"}
+    vaes = {k: v for k, v in hist.items() if k not in ae}
+    finals = {k: (len(hist.get(k, [])), m["iw_loglik"]) for k, m in evals.items() if m.get("iw_loglik") is not None}
+    plot_curves(vaes, {"valid_elbo": "valid", "train_elbo": "train"}, "ELBO (nats)", out / "elbo_curves.png",
+                "ELBO per epoch; stars: IW bound on the test set, end of training", colors, finals,
+                "IW bound on log p(x), test set (computed once, at the end)")
+    plot_curves(vaes, {"valid_kl": "valid", "train_kl": "train"}, "KL (nats)", out / "kl_curves.png",
+                "Figure 10: KL divergence per epoch", colors)
+    plot_curves(hist, {"valid_rec": "valid", "train_rec": "train"}, "E_q[log p(x|z)] (nats)", out / "rec_curves.png",
+                "Figure 11: reconstruction term per epoch", colors)
+    missing = {}
+    gradvar = {short[s.name]: json.loads(p.read_text()) for s in stages
+               if (p := out / s.name / "gradvar" / "gradvar.json").is_file()}
+    if gradvar:
+        plot_gradvar_runs(gradvar, out / "gradvar.png", colors)
+    else:
+        missing["gradvar.png"] = f"no Bernoulli VAE has a gradient-variance measurement: {RERUN}"
+    codes = {short[s.name]: dict(np.load(p)) for s in stages if (p := out / s.name / "fig" / "codes_2d.npz").is_file()}
+    if codes:
+        plot_embeddings(codes, out / "codes_2d.png")
+    else:
+        missing["codes_2d.png"] = f"no model with codes of more than two dimensions has them saved: {RERUN}"
+    return missing
 
 
 def write_report(settings, stages, timings: dict[str, float]) -> tuple[Path, Path]:
-    """report.md (figures linked) and report.html (figures embedded) in settings.out."""
+    """report.md (figures linked) and report.html (figures embedded, one file) in settings.out."""
     from .provenance import versions
+    from .report_layout import render_html, render_md, sections
 
     out = settings.out
-    write_curves(out, stages)
-    table, quality = metrics_table(out, stages), quality_table(out, stages)
+    missing = write_study_figures(out, stages)
     mode = ("QUICK mode: short training and small K; honest numbers for these settings, not the study's"
             if settings.quick else "full mode: the presets' epochs and K")
-    figures = [(n, Path(run) / "fig" / f if run != "." else Path(f), c) for n, run, f, c in FIGURES]
-    figures += [(f"recon {s.name}", Path(s.name) / "fig" / RECON, f"{s.title}: test digits beside their "
-                 "reconstructions (omega of the posterior mean code)") for s in stages]
-    figures = [(n, p, c) for n, p, c in figures if (out / p).is_file()]
     configs = {s.name: (out / s.name / "config.yaml").read_text() for s in stages if (out / s.name).is_dir()}
     facts = versions() | {"wall time": f"{sum(timings.values()):.0f} s"} | {
         f"  {k}": f"{v:.0f} s" for k, v in timings.items()}
-    md = render_md(mode, table, quality, figures, configs, facts)
-    page = render_html(out, mode, table, quality, figures, configs, facts)
-    atomic_write_text(out / "report.md", md)
-    atomic_write_text(out / "report.html", page)
+    parts = sections(out, stages, missing)
+    atomic_write_text(out / "report.md", render_md(out, mode, parts, configs, facts))
+    atomic_write_text(out / "report.html", render_html(out, mode, parts, configs, facts))
     return out / "report.html", out / "report.md"
 
 
-def md_table(table: list[list[str]]) -> list[str]:
+def md_table(table: list[list[str]], best: set[tuple[int, int]] = frozenset()) -> list[str]:
+    """A Markdown table (first row the header), cells in `best` in bold."""
+    cell = lambda r, c, t: f"**{t}**" if (r, c) in best else t   # noqa: E731
     return ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])] + [
-        "| " + " | ".join(r) + " |" for r in table[1:]]
+        "| " + " | ".join(cell(r, c, t) for c, t in enumerate(row)) + " |" for r, row in enumerate(table) if r]
 
 
-def render_md(mode, table, quality, figures, configs, facts) -> str:
-    lines = ["# vaelab: the study reproduced", "", f"*{mode}.*", "", "## Test log-likelihoods (nats, mean ± s.e.)", ""]
-    lines += md_table(table) + ["", NOTE_LIKELIHOOD, ""]
-    if len(quality) > 1:
-        lines += ["## Sample quality", ""] + md_table(quality) + ["", NOTE_QUALITY, ""]
-    lines += ["## Figures", ""]
-    for n, p, c in figures:
-        lines += [f"**Figure {n}.** {c}", "", f"![Figure {n}]({p.as_posix()})", ""]
-    lines += ["## Provenance", ""] + [f"- {k}: {v}" for k, v in facts.items()] + ["", "## Configs", ""]
-    for name, text in configs.items():
-        lines += [f"### {name}", "", "```yaml", text.rstrip(), "```", ""]
-    return "\n".join(lines)
-
-
-def html_table(table: list[list[str]]) -> str:
-    cell = [("th" if i == 0 else "td") for i in range(len(table))]
-    return "<table>" + "".join("<tr>" + "".join(f"<{cell[i]}>{html.escape(c)}</{cell[i]}>" for c in r) + "</tr>"
-                               for i, r in enumerate(table)) + "</table>"
-
-
-def render_html(out: Path, mode, table, quality, figures, configs, facts) -> str:
-    esc = html.escape
-    quality_html = (f"<h2>Sample quality</h2>{html_table(quality)}<p>{esc(NOTE_QUALITY)}</p>"
-                    if len(quality) > 1 else "")
-    figs = "".join(
-        f'<figure><img alt="Figure {esc(n)}" src="data:image/png;base64,'
-        f'{base64.b64encode((out / p).read_bytes()).decode()}"><figcaption><b>Figure {esc(n)}.</b> {esc(c)}'
-        f"</figcaption></figure>" for n, p, c in figures)
-    cfgs = "".join(f"<h3>{esc(k)}</h3><pre>{esc(v)}</pre>" for k, v in configs.items())
-    fact_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in facts.items())
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "figure{display:inline-block;vertical-align:top;max-width:520px;margin:1em}"
-             "img{max-width:100%}pre{background:#f5f5f5;padding:.5em;font-size:12px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>vaelab report</title><style>{style}</style>"
-            f"</head><body><h1>vaelab: the study reproduced</h1><p><i>{esc(mode)}.</i></p>"
-            f"<h2>Test log-likelihoods (nats, mean ± s.e.)</h2>{html_table(table)}<p>{esc(NOTE_LIKELIHOOD)}</p>"
-            f"{quality_html}<h2>Figures</h2>{figs}<h2>Provenance</h2><table>{fact_rows}</table>"
-            f"<h2>Configs</h2>{cfgs}</body></html>")
+def html_table(table: list[list[str]], best: set[tuple[int, int]] = frozenset()) -> str:
+    """An HTML table (first row the header); see page.table."""
+    return page.table(table, best)

@@ -1,6 +1,7 @@
 """`vaelab reproduce`: train the study's models, evaluate them, draw every figure of the seed, write the report.
 
 Resumable: a finished stage is skipped, an unfinished training run resumes from its checkpoint; `force` retrains.
+What the report needs beyond each evaluation is made once per run by report_inputs.py.
 `quick` shortens training and evaluation (labelled as such in the report) to finish in minutes on a laptop CPU.
 """
 
@@ -126,6 +127,13 @@ def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
     return read_eval(run_dir)
 
 
+def report_inputs(s: Settings, run_dir: Path) -> None:
+    """What the report shows beyond the evaluation (codes in 2-D, latent map, gradient variance); done once."""
+    from .report_inputs import prepare_report_inputs
+
+    prepare_report_inputs(run_dir, s.quick, s.device, log)
+
+
 def reproduce(s: Settings) -> Path:
     """Run every stage of the study into `s.out` and write report.md and report.html there."""
     s.out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +147,7 @@ def reproduce(s: Settings) -> Path:
         run_dir = s.out / stage.name
         train_stage(stage, s, run_dir)
         analyse_stage(stage, s, run_dir)
+        report_inputs(s, run_dir)
         timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - t0
         write_json(s.out / "timings.json", timings)
     from .report import write_report

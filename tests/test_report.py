@@ -1,0 +1,162 @@
+"""The report's parts without a study: the page renderer, best-value marks, the GMM contour figure, the curves and
+the latent map's sprite (on an untrained 2-D autoencoder)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaelab import page, plots
+from vaelab.density import GMMDensity
+from vaelab.figures_latent import ELLIPSE_MASS, axis_limits, code_levels, draw_gmm, log_density_grid
+from vaelab.latent_map import JS, latent_map_html, write_latent_map
+from vaelab.plots import plt
+
+
+def two_blobs(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal([0, 0], [1, 0.5], (400, 2)), rng.normal([4, 2], [0.5, 1], (400, 2))])
+
+
+def png_bytes(width: int = 40, height: int = 30) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_best_cells_marks_each_ranked_column():
+    values = [[], [None, -90.0, 3.0, 0.5], [None, -85.0, 1.0, 0.5], [None, None, 2.0, 0.4]]
+    best = page.best_cells(values, {1: "max", 2: "min", 3: "max"})
+    assert best == {(2, 1), (2, 2), (1, 3), (2, 3)}               # ties are all marked; None is skipped
+    assert page.best_cells([[], [None, 1.0]], {1: "max"}) == set()   # one number: nothing to compare
+    html = page.table([["model", "a"], ["x", "1"], ["y", "2"]], {(2, 1)})
+    assert html.count('class="best"') == 1 and '<td class="best">2</td>' in html
+
+
+def test_render_page_is_one_self_contained_file(tmp_path):
+    (tmp_path / "f.png").write_bytes(png_bytes())
+    html = page.render_page("T <1>", [
+        ("Figures", [page.grid(page.figure(tmp_path / "f.png", "a & b", "Figure 1"),
+                               page.figure(png_bytes(), "twin", "Figure 2", pixel=True))]),
+        ("Folded", [page.details("config", page.pre("a: 1\n<b>")), page.notes(["one line"])]),
+    ], intro="intro", scripts=["var x = 1;"], styles=[".x{}"])
+    assert html.startswith("<!doctype html>") and "<title>T &lt;1&gt;</title>" in html
+    srcs = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"(?:src|href)='([^']+)'", html)
+    assert srcs and all(s.startswith("data:") for s in srcs)      # nothing to fetch: no file, no network
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert [base64.b64decode(e) for e in embedded] == [png_bytes(), png_bytes()]
+    assert "<details><summary>config</summary><pre>a: 1\n&lt;b&gt;</pre></details>" in html
+    assert 'class="grid"' in html and 'class="pixel"' in html and "<script>var x = 1;</script>" in html
+
+
+def test_gmm_contours_are_level_sets_of_the_fitted_density():
+    codes = two_blobs()
+    density = GMMDensity(2, "full").fit(codes)
+    lims, levels = axis_limits(codes), code_levels(density, codes)
+    xs, ys, z = log_density_grid(density.score_samples, lims, 50)
+    mesh = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    np.testing.assert_array_equal(z.ravel(), density.score_samples(mesh))
+    shares = [(density.score_samples(codes) > level).mean() for level in levels]
+    np.testing.assert_allclose(shares, [0.99, 0.95, 0.75, 0.5, 0.25], atol=2 / len(codes))
+    fig, ax = plt.subplots()
+    contours = draw_gmm(ax, density, lims, levels)
+    np.testing.assert_allclose(contours.levels, np.sort(levels))
+    for level, path in zip(contours.levels, contours.get_paths(), strict=True):
+        vertices = path.vertices[path.codes != path.CLOSEPOLY]
+        assert len(vertices) > 20
+        np.testing.assert_allclose(density.score_samples(vertices), level, atol=0.02)   # on the drawn grid's level
+    plt.close(fig)
+
+
+def test_component_ellipses_hold_their_share_of_each_gaussian():
+    density = GMMDensity(2, "full").fit(two_blobs(1))
+    fig, ax = plt.subplots()
+    draw_gmm(ax, density, axis_limits(two_blobs(1)), code_levels(density, two_blobs(1)))
+    radius = np.sqrt(-2 * np.log(1 - ELLIPSE_MASS))
+    assert len(ax.patches) == density.n_components
+    for patch, mean, cov in zip(ax.patches, density.means_, density.full_covariances(), strict=True):
+        t = np.linspace(0, 2 * np.pi, 24)
+        boundary = patch.get_patch_transform().transform(np.c_[np.cos(t), np.sin(t)])   # unit circle -> data
+        d = boundary - mean
+        np.testing.assert_allclose(np.sqrt(np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)), radius, rtol=1e-6)
+    plt.close(fig)
+
+
+def test_curves_plot_every_epoch_and_the_final_points(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    rows = [{"epoch": e, "valid_elbo": -100.0 + e, "train_elbo": -110.0 + 2 * e} for e in (1, 2, 3)]
+    plots.plot_curves({"vae": rows}, {"valid_elbo": "valid", "train_elbo": "train"}, "ELBO", tmp_path / "c.png",
+                      "t", finals={"vae": (3, -95.5), "ae": (3, -99.0)}, final_label="IW bound")
+    lines = drawn[0].axes[0].lines
+    data = {(line.get_linestyle(), line.get_marker()): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in lines}
+    assert data[("-", "o")] == ([1, 2, 3], [-99.0, -98.0, -97.0])
+    assert data[("--", "o")] == ([1, 2, 3], [-108.0, -106.0, -104.0])
+    stars = sorted(line.get_ydata()[0] for line in lines if line.get_marker() == "*")
+    assert stars == [-99.0, -95.5]
+    legend = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+    assert legend == ["vae", "ae", "valid", "train", "IW bound"]
+    plt.close(drawn[0])
+
+
+def tiny_autoencoder():
+    from vaelab.config import load_config
+    from vaelab.run import build, prepare_data
+
+    cfg = load_config("configs/ae_gmm.yaml", ["data.source=digits", "model.hidden=[16]"])
+    data = prepare_data(cfg.data, torch.device("cpu"))
+    model, _ = build(cfg, data, torch.device("cpu"))
+    return model.eval(), data
+
+
+def sprite_tiles(html: str) -> tuple[dict, np.ndarray]:
+    """The latent map's data attributes and its sprite as floats in [0, 1], from the HTML."""
+    attrs = dict(re.findall(r'data-(n|x|y|box)="([^"]+)"', re.search(r'<figure class="latent-map[^>]*>', html)[0]))
+    sprite = re.search(r'class="lm-sprite"[^>]*src="data:image/png;base64,([^"]+)"', html)[1]
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(sprite))), dtype=np.float64) / 255
+    return attrs, image
+
+
+def assert_sprite_is_the_decoder(model, html: str) -> None:
+    """Every tile (r, c) equals omega at z = (x0 + c (x1 - x0)/(n - 1), y1 - r (y1 - y0)/(n - 1)), to 8 bits."""
+    attrs, image = sprite_tiles(html)
+    n = int(attrs["n"])
+    (x0, x1), (y0, y1) = (map(float, attrs[k].split(",")) for k in "xy")
+    h, w = model.image_shape
+    assert image.shape == (n * h, n * w)
+    cells = [(0, 0), (0, n - 1), (n - 1, 0), (n // 2, n // 3), (n - 1, n - 1)]
+    z = torch.tensor([[x0 + c * (x1 - x0) / (n - 1), y1 - r * (y1 - y0) / (n - 1)] for r, c in cells])
+    omega = model.decode_probs(z.float()).numpy().reshape(len(cells), h, w)
+    for (r, c), expected in zip(cells, omega, strict=True):
+        np.testing.assert_allclose(image[r * h:(r + 1) * h, c * w:(c + 1) * w], expected, atol=0.5 / 255 + 1e-6)
+    assert len({image[r * h:(r + 1) * h, c * w:(c + 1) * w].tobytes() for r, c in cells}) > 1   # not one tile
+
+
+def test_latent_map_sprite_tiles_are_the_decodes_of_their_codes(tmp_path):
+    model, data = tiny_autoencoder()
+    with torch.no_grad():
+        codes = model.posterior(data.x_train).mean.double().numpy()
+    density = GMMDensity(3, "full").fit(codes)
+    meta = json.loads(write_latent_map(model, codes, data.y_train.numpy(), density, tmp_path, n=12).read_text())
+    html = latent_map_html(tmp_path, "Figure C", "caption")
+    assert_sprite_is_the_decoder(model, html)
+    left, top, width, height = meta["box"]
+    assert 0 < left < left + width < 1 and 0 < top < top + height < 1 and meta["contours"]
+    assert "addEventListener('pointermove'" in JS and latent_map_html(tmp_path / "none", "x", "y") is None
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_grid_codes_run_top_to_bottom_left_to_right(n):
+    from vaelab.latent_map import grid_codes
+
+    z = grid_codes([(0.0, 1.0), (10.0, 20.0)], n).reshape(n, n, 2)
+    np.testing.assert_allclose(z[0, :, 0], np.linspace(0, 1, n))
+    np.testing.assert_allclose(z[:, 0, 1], np.linspace(20, 10, n))
