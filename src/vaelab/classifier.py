@@ -19,7 +19,6 @@ order may change the last digits of the weights (and of the scores) but not the 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from importlib.resources import files
@@ -30,10 +29,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .atomic import atomic_path
 from .config import DataConfig
-from .data import load_splits
 from .errors import VaelabError
 from .run import prepare_data
+from .sources import load_dataset
 
 FORMAT = "vaelab-classifier-1"
 SHIPPED = "mnist_cnn.safetensors"
@@ -105,7 +105,7 @@ def train_classifier(source: str = "mnist", epochs: int = 6, seed: int = 0, batc
     if epochs < 1:
         raise VaelabError(f"--epochs must be at least 1, got {epochs}")
     dev = torch.device(device)
-    splits = load_splits(source)
+    splits = load_dataset(source)
     data = prepare_data(DataConfig(source=source, binarize="dynamic"), dev, splits)   # test: the runs' fixed draw
     gray_test = torch.from_numpy(splits.x_test).to(dev)
     torch.manual_seed(seed)
@@ -137,9 +137,8 @@ def save_classifier(model: DigitCNN, path: str | Path, info: dict) -> None:
     meta = {"format": FORMAT, "image_shape": json.dumps(model.image_shape), "channels": json.dumps(model.channels),
             "hidden": str(model.num_features), "info": json.dumps(info)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
 
 
 def shipped_path() -> Path:

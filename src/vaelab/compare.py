@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import VaelabError
 from .stats import SE_LABEL, combined_mc_se, mean_se, paired_difference
 
@@ -278,14 +279,6 @@ def md_table(table: list[list[str]]) -> list[str]:
                                                                            for r in rows[1:]]
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write through a temp file and a rename (run.atomic_write_text without importing torch, so compare and the
-    sweep driver stay quick)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def title(result: dict[str, Any]) -> str:
     """'7 runs, 2 settings'."""
     n_runs, n_settings = sum(len(s["runs"]) for s in result["settings"]), len(result["settings"])
@@ -321,9 +314,9 @@ def compare(paths: list[str | Path], by: list[str] | None = None, out: str | Pat
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "compare.json", json.dumps(result, indent=2, default=str) + "\n")
-        write_text(out / "compare.md", md)
-        write_text(out / "compare.html", render_html(result, tabs, settings, notes_text(result), out))
+        atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=str) + "\n")
+        atomic_write_text(out / "compare.md", md)
+        atomic_write_text(out / "compare.html", render_html(result, tabs, settings, notes_text(result), out))
     return md
 
 

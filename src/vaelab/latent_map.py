@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_path, atomic_write_text
 from .density import GMMDensity
 from .figures_latent import axis_limits, code_levels, draw_gmm, scatter_digits
 from .model import VAE
 from .page import data_url
 from .plots import plt
-from .run import atomic_write_text
 
 GRID = 32             # decodes per side of the sprite
 MAP_POINTS = 5000     # codes drawn on the plane
@@ -102,10 +101,9 @@ def plot_plane(codes: np.ndarray, labels: np.ndarray, lims: list[tuple[float, fl
     ax.set_ylabel("$z_2$")
     ax.set_title(f"{len(codes):,} training codes by digit" + ("; contours: the mixture's log-density"
                                                                if density is not None else ""), fontsize=10)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=fig.dpi)                 # no tight bounding box: the axes stay where they were put
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=fig.dpi, format="png")   # no tight bounding box: the axes stay where they were put
     plt.close(fig)
-    os.replace(tmp, path)
     pos = ax.get_position()
     return [pos.x0, 1 - pos.y1, pos.width, pos.height]
 
@@ -118,9 +116,8 @@ def write_latent_map(model: VAE, codes: np.ndarray, labels: np.ndarray, density:
     codes, labels = np.asarray(codes, np.float64)[pick], np.asarray(labels)[pick]
     lims = [tuple(map(float, lim)) for lim in axis_limits(codes)]
     box = plot_plane(codes, labels, lims, density, fig_dir / PLANE)
-    tmp = fig_dir / ("tmp." + SPRITE)
-    Image.fromarray(decode_sprite(model, lims, n), mode="L").save(tmp, optimize=True)
-    os.replace(tmp, fig_dir / SPRITE)
+    with atomic_path(fig_dir / SPRITE) as tmp:
+        Image.fromarray(decode_sprite(model, lims, n), mode="L").save(tmp, format="PNG", optimize=True)
     meta = {"n": n, "x": lims[0], "y": lims[1], "box": box, "image_shape": list(model.image_shape),
             "contours": density is not None}
     atomic_write_text(fig_dir / META, json.dumps(meta, indent=2) + "\n")

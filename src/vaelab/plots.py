@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
 
 
 def tile(images: Tensor | np.ndarray, image_shape: tuple[int, int], ncol: int | None = None,
@@ -34,11 +35,11 @@ def tile(images: Tensor | np.ndarray, image_shape: tuple[int, int], ncol: int | 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Save a matplotlib figure through a temp file and a rename, then close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from . import page
-from .run import atomic_write_text
+from .atomic import atomic_write_text
 
 SHORT = {"gaussian_vae": "Gaussian VAE", "bernoulli_vae": "Bernoulli VAE (sfe-avg)",
          "bernoulli_vae_disarm": "Bernoulli VAE (DisARM)", "ae_gmm": "AE + GMM"}

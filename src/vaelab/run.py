@@ -23,13 +23,15 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from . import faults
+from .atomic import atomic_write_text, fsync_write
 from .checks import check_device_name
 from .config import Config, DataConfig, config_from_yaml_text
-from .data import Splits, binarize, load_splits
+from .data import Splits, binarize
 from .errors import VaelabError
 from .estimators import Estimator, build_estimator
 from .model import VAE, build_model
 from .runstate import check_state
+from .sources import load_dataset
 
 FORMAT = "vaelab-checkpoint-1"
 
@@ -72,7 +74,7 @@ def prepare_data(cfg: DataConfig, device: torch.device, splits: Splits | None = 
     """Load the splits and put them on `device`. Valid/test are one Bernoulli draw seeded by `cfg.eval_seed` (or
     thresholded), the same tensor whatever `cfg.binarize` says about the training images, so every run is scored on
     the same test draw; a static training draw uses its own generator, seeded by `cfg.eval_seed + 1`."""
-    splits = splits or load_splits(cfg.source)
+    splits = splits or load_dataset(cfg.source)
     mode = "dynamic" if cfg.binarize in ("dynamic", "static") else cfg.binarize   # a fixed draw = one seeded draw
     eval_gen = torch.Generator().manual_seed(cfg.eval_seed)
 
@@ -101,32 +103,6 @@ def build(cfg: Config, data: DeviceData, device: torch.device) -> tuple[VAE, Est
                           "lower model.hidden or model.latent_dim") from err
 
 
-def write_error(path: Path, err: OSError) -> VaelabError:
-    """A failed write as one line: what, why (the OS's reason), and the fix."""
-    return VaelabError(f"cannot write {path} ({err.strerror or err}): free disk space or make the folder "
-                       "writable, then run again")
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write and flush `data` to disk (fsync), so a rename that follows never publishes a half-written file."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file and a rename; on failure the temp file is removed, `path` is
-    left as it was, and the error is one line."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        _write_bytes(tmp, text.encode())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, err) from err
-
-
 def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator, state: dict[str, Any]) -> None:
     """Write weights (safetensors, config in metadata) and training state to checkpoint.tmp/, then swap them in by
     renames. A failed write (disk full, a file-size limit, permissions) removes checkpoint.tmp/ and leaves the
@@ -141,8 +117,8 @@ def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _write_bytes(tmp / "model.safetensors", weights)
-        _write_bytes(tmp / "state.pt", buffer.getvalue())
+        fsync_write(tmp / "model.safetensors", weights)
+        fsync_write(tmp / "state.pt", buffer.getvalue())
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         kept = "the previous checkpoint is intact" if _has_checkpoint(run_dir) else "no checkpoint was written yet"

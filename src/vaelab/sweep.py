@@ -172,7 +172,7 @@ def run_name(setting: dict[str, Any], seed: int) -> str:
 def plan(spec: Spec, out: Path, threads: int) -> tuple[list[Job], dict[str, dict[str, Any]]]:
     """One Job per setting and seed, and {name: its settings and seed}; writes each run's full config to
     OUT/configs/NAME.yaml."""
-    from .compare import write_text
+    from .atomic import atomic_write_text as write_text
 
     jobs: list[Job] = []
     settings: dict[str, dict[str, Any]] = {}

@@ -45,7 +45,7 @@ class Book:
 
     def update(self, changes: dict[str, dict[str, Any]]) -> None:
         """Merge {name: fields} into the runs' entries and rewrite sweep.yaml (spec and all entries)."""
-        from .compare import write_text
+        from .atomic import atomic_write_text as write_text
 
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with self._locked():

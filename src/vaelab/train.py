@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import cudagraph, distributed, faults, lifecycle
+from .atomic import atomic_write_text
 from .checks import check_int
 from .config import Config, validate
 from .errors import Stopped, VaelabError
@@ -24,7 +25,7 @@ from .estimators import Estimate
 from .evaluate import elbo_terms
 from .lifecycle import RunLock, StopSignals
 from .optim import Optimizers, build_optimizers
-from .run import atomic_write_text, build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
+from .run import build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
 from .runstate import check_optimizer_state
 from .schedules import Schedule, kl_schedule, lr_schedule
 
