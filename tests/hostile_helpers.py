@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -313,37 +314,50 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+DROP_DAC = ["--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
 @contextlib.contextmanager
 def read_only(path: Path):
-    """`path` not writable by this process for the duration: chmod 0555, and as root also drop the effective uid
-    to nobody (root ignores permission bits); both undone afterwards."""
+    """`path` not writable for the duration (chmod 0555, undone afterwards). Root ignores permission bits, so a
+    root caller must also run the command without CAP_DAC_OVERRIDE (`as_unprivileged`)."""
     path.mkdir(exist_ok=True)
     path.chmod(0o555)
-    root = os.geteuid() == 0
     try:
-        if root:
-            os.seteuid(65534)
         yield
     finally:
-        if root:
-            os.seteuid(0)
         path.chmod(0o755)
+
+
+def as_unprivileged(argv: list[str]) -> list[str]:
+    """`argv` run so that permission bits bind: as is for a normal user; for root through util-linux `setpriv`,
+    dropping the capabilities that bypass them (still uid 0, so it reads the root-owned tree it ran from)."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("read-only cases as root need util-linux setpriv to drop CAP_DAC_OVERRIDE (apt-get install "
+                    "util-linux)")
+    return [setpriv, *DROP_DAC, "--", *argv]
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")        # monkeypatch has applied case.env to os.environ
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stderr
 
 
 def invoke(case: Case, argv: list, ws: Path, run: Path, capsys) -> tuple[int, str]:
     args = [str(a) for a in argv]
+    if case.readonly:                      # a real OS refusal: the command in its own, unprivileged process
+        with read_only(ws / case.readonly):
+            return _run(as_unprivileged([sys.executable, "-m", "vaelab", *args]))
     if case.subprocess:
-        env = dict(os.environ, OMP_NUM_THREADS="1")    # monkeypatch has applied case.env to os.environ
-        proc = subprocess.run([sys.executable, "-m", "vaelab", *args], env=env, capture_output=True, text=True,
-                              timeout=300)
-        return proc.returncode, proc.stderr
+        return _run([sys.executable, "-m", "vaelab", *args])
     scope = contextlib.ExitStack()
     with scope:
         if case.lock:
             scope.enter_context(RunLock(ws / "stopped" if (ws / "stopped").is_dir() else run))
-        if case.readonly:
-            import vaelab.plots  # noqa: F401  (imported while files can be written: matplotlib's caches)
-            scope.enter_context(read_only(ws / case.readonly))
         try:
             code = main(args)
         except SystemExit as exc:          # argparse

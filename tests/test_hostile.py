@@ -3,9 +3,10 @@ every file and folder in the case's workspace as it was (sha256 of each file), a
 pickle or YAML payload.
 
 Cases run in-process through `vaelab.cli.main`, except the optimizer-shape cases (run in a subprocess: a regression
-there corrupts the heap rather than raising). Read-only directories: the tests run as root, which chmod does not
-stop, so the call runs with its effective uid dropped to `nobody` (os.seteuid, undone right after) on a 0555
-directory; as another user chmod alone does it.
+there corrupts the heap rather than raising). Read-only directories: a 0555 directory, and the command in its own
+process; root ignores permission bits, so as root that process runs through util-linux `setpriv` without
+CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (still uid 0, so it reads the tree it runs from wherever that is); as
+another user chmod alone does it.
 """
 
 from __future__ import annotations
@@ -307,7 +308,7 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def workspace() -> Path:
-    """A folder every user can reach (pytest's tmp folders are 0700, closed to the `nobody` of read-only cases)."""
+    """A fresh folder for one case."""
     path = Path(tempfile.mkdtemp(prefix="vaelab-hostile-"))
     path.chmod(0o755)
     yield path
