@@ -140,7 +140,11 @@ def test_by_key_and_fallback_to_config_and_metrics(tmp_path, cli):
     assert reparam["metrics"]["train_seconds"]["mean"] == pytest.approx(np.mean([2 * 2.0, 2 * 3.0]))
     assert result["paired"][0]["metrics"]["elbo"]["seeds"] == [0, 1]
     row = next(line for line in out.splitlines() if line.startswith("| estimator.name=reparam"))
-    assert row.split("|")[6].strip() == "–"           # IW MC s.e. unknown without provenance
+    assert row.split("|")[7].strip() == "–"           # IW MC s.e. unknown without provenance
+    # train ELBO: the last epoch's row of each seed's metrics.jsonl (-120 + epoch + seed, epoch 2), mean ± s.e.
+    last = [-120.0 + 2 + seed for seed in (0, 1)]
+    assert reparam["metrics"]["train_elbo"]["mean"] == pytest.approx(np.mean(last))
+    assert reparam["metrics"]["train_elbo"]["se"] == pytest.approx(sps.sem(last))
 
 
 def test_quality_scores_and_stale_eval_are_reported(tmp_path):

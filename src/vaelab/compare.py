@@ -98,9 +98,18 @@ def _read_json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _read_eval(path: Path) -> dict[str, Any]:
+    """RUN/eval.json, or {} when it is missing or unreadable (the run is then reported as not evaluated)."""
+    try:
+        ev = json.loads((path / "eval.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return ev if isinstance(ev, dict) else {}
+
+
 def load_run(path: Path) -> Run:
     """Read one run directory; eval.json's provenance fields win over config.yaml where both say something."""
-    ev = json.loads((path / "eval.json").read_text()) if (path / "eval.json").is_file() else {}
+    ev = _read_eval(path)
     raw = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
     for field_name, key in PROVENANCE.items():       # provenance fills (or corrects) what config.yaml says
         if field_name in ev:
@@ -109,6 +118,7 @@ def load_run(path: Path) -> Run:
     history = _read_json_lines(path / "metrics.jsonl")
     values: dict[str, float | None] = {k: ev.get(k) for k, _ in METRICS}
     values["iw_loglik_mc_stderr"] = ev.get("iw_loglik_mc_stderr")
+    values["train_elbo"] = history[-1].get("train_elbo") if history else None   # the last epoch's running mean
     values["train_seconds"] = (sum(r.get("seconds", 0.0) for r in history) if history else ev.get("train_seconds"))
     for key, scores in ev.items():
         if key.startswith("quality_") and isinstance(scores, dict):
@@ -187,7 +197,7 @@ def metric_names(runs: list[Run]) -> list[tuple[str, str]]:
 
 def summarize(settings: list[Setting], runs: list[Run], keys: list[str]) -> dict[str, Any]:
     """compare.json: per setting mean/s.e./n of each metric; paired differences of settings sharing seeds."""
-    names = [k for k, _ in metric_names(runs)] + ["train_seconds"]
+    names = [k for k, _ in metric_names(runs)] + ["train_elbo", "train_seconds"]
     out: dict[str, Any] = {"grouped_by": keys, "uncertainty": f"{SE_LABEL} (standard error of the mean of the "
                            "per-seed values; paired: 95% t interval over the shared seeds)", "settings": [],
                            "paired": [], "notes": [n for r in runs for n in r.notes]}
@@ -238,14 +248,15 @@ def interval(d: dict[str, Any]) -> str:
 def tables(result: dict[str, Any], runs: list[Run]) -> dict[str, list[list[str]]]:
     """The main, sample-quality and paired-difference tables as rows of strings (header first)."""
     names = metric_names(runs)
-    main = [["setting", "seeds", "epochs", "test ELBO", "IW log-lik.", "IW MC s.e.", "KL", "rec.", "train time (s)"]]
+    main = [["setting", "seeds", "epochs", "train ELBO", "test ELBO", "IW log-lik.", "IW MC s.e.", "KL", "rec.",
+             "train time (s)"]]
     quality = [["setting", "seeds", *[t for _, t in names[len(METRICS):]]]]
     for s in result["settings"]:
         n, m = len(s["seeds"]), s["metrics"]
         mc = m["iw_loglik"]["mc_se"]
         epochs = "–".join(str(e) for e in (s["epochs"][0], s["epochs"][-1])) if len(s["epochs"]) > 1 else \
             str(s["epochs"][0])
-        main.append([s["label"], str(n), epochs, pm(m["elbo"], n), pm(m["iw_loglik"], n),
+        main.append([s["label"], str(n), epochs, pm(m["train_elbo"], n), pm(m["elbo"], n), pm(m["iw_loglik"], n),
                      "–" if mc is None else f"{mc:.{_decimals(mc)}f}", pm(m["kl"], n), pm(m["rec"], n),
                      pm(m["train_seconds"], n)])
         quality.append([s["label"], str(n), *[pm(m[k], n) for k, _ in names[len(METRICS):]]])
@@ -262,7 +273,9 @@ def notes_text(result: dict[str, Any]) -> dict[str, str]:
     by = ", ".join(result["grouped_by"]) or "nothing (every run differs only in its seed)"
     return {
         "grouping": f"Settings differ in: {by}.",
-        "main": (f"Test-set means in nats; each cell is the mean {SE_LABEL}: the standard error of the mean of the "
+        "main": ("Train ELBO: the last epoch's mean training ELBO (one sample per image, averaged over the epoch "
+                 "while the parameters moved). The other columns are test-set means in nats. Each cell is the mean "
+                 f"{SE_LABEL}: the standard error of the mean of the "
                  "N per-seed values of its row (N = the seeds column; '(n=k)' where only k runs have the value; no "
                  "± with one seed). IW MC s.e.: the Monte Carlo standard error of the row's mean IW log-likelihood, "
                  "sqrt(Σ e_i²)/N from the runs' eval.json iw_loglik_mc_stderr (– where a run lacks it). Train time: "
