@@ -24,7 +24,7 @@ demo: venv
 	@echo "open $(DEMO)/report.html; live curves: $(BIN)/tensorboard --logdir $(DEMO)"
 
 test: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/pytest
 
 # report.html in headless Chromium (tests/test_browser.py; `make test` runs it too whenever a browser is on PATH).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -163,7 +164,10 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = Parser(prog="vaelab", description="Train, evaluate and compare VAEs on binary images.")
+    p.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -309,13 +313,28 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'gradvar.json'} and {out / 'gradvar.png'}")
 
 
+def _summary(obj, width: int = 100) -> str:
+    """A registered class's docstring, first paragraph, cut to `width` characters at a word boundary."""
+    text = " ".join((obj.__doc__ or "").split("\n\n")[0].split())
+    return text if len(text) <= width else text[:width].rsplit(" ", 1)[0] + " ..."
+
+
 def cmd_list(args: argparse.Namespace) -> None:
+    from .config import presets
     from .estimators import ESTIMATORS
     from .latents import LATENTS
     from .nets import NETS
 
-    for title, reg in (("latent families", LATENTS), ("estimators", ESTIMATORS), ("networks", NETS)):
-        print(f"{title}: {', '.join(reg)}")
+    print("latent families (model.latent):")
+    for name in LATENTS:
+        print(f"  {name:16s} {_summary(LATENTS.get(name))}")
+    print("estimators (estimator.name), and the latent families each fits:")
+    for name in ESTIMATORS:
+        cls = ESTIMATORS.get(name)
+        fits = [lat for lat in LATENTS if cls.needs <= LATENTS.get(lat).offers()]
+        print(f"  {name:16s} {_summary(cls)}\n  {'':16s} fits: {', '.join(fits) or 'none'}")
+    print(f"networks (model.nets): {', '.join(NETS)}")
+    print(f"presets (vaelab train NAME): {', '.join(presets())}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as err:
         print(f"vaelab: {err}", file=sys.stderr)
         return 128 + err.signum
+    except BrokenPipeError:      # `vaelab list | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:       # the file system refused (disk full, permissions) where no check caught it first
         where = f" {err.filename}" if err.filename else ""
         print(f"vaelab: error: cannot access{where} ({err.strerror or err}): free disk space, fix the "

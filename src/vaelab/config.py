@@ -179,14 +179,36 @@ def parse_yaml_mapping(text: str, what: str, fix: str) -> dict[str, Any]:
     return values
 
 
+PRESETS = Path(__file__).resolve().parent / "configs"   # shipped with the package (package data)
+
+
+def presets() -> list[str]:
+    """The shipped preset names: "gaussian_vae", "literature/disarm_linear", ..."""
+    return sorted(str(p.relative_to(PRESETS).with_suffix("")) for p in PRESETS.rglob("*.yaml"))
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A config file: `path` itself when it exists, else the shipped preset it names ("gaussian_vae",
+    "literature/iwae_vae_1layer", or "configs/gaussian_vae.yaml" from any directory)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    name = str(path).removeprefix("configs/").removesuffix(".yaml")
+    shipped = PRESETS / f"{name}.yaml"
+    if ".." not in Path(name).parts and shipped.is_file():
+        return shipped
+    close = difflib.get_close_matches(name, presets(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise VaelabError(f"config file {path} not found: {hint}give a YAML file or a preset name "
+                      f"({', '.join(presets()[:4])}, ...; `vaelab list` shows them all)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML preset (or the defaults when `path` is None), apply overrides, validate strictly (keys, types
-    and the ranges of `checks.validate`), before anything is built or written."""
+    """Read a YAML file or shipped preset (`resolve_preset`; the defaults when `path` is None), apply overrides,
+    validate strictly (keys, types and the ranges of `checks.validate`), before anything is built or written."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise VaelabError(f"config file {path} not found: give a YAML file such as configs/gaussian_vae.yaml")
+        path = resolve_preset(path)
         try:
             text = path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as err:
