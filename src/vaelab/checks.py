@@ -138,6 +138,9 @@ def _check_train(cfg: Any) -> None:
     check_device_name("train.device", cfg.device)
     if cfg.grad_clip is not None:
         check_positive("train.grad_clip", cfg.grad_clip, "give a positive norm, or null for no clipping")
+    if cfg.grad_stats_every is not None:
+        check_int("train.grad_stats_every", cfg.grad_stats_every, 1, fix="give a number of steps, or null for off")
+    check_int("train.grad_stats_draws", cfg.grad_stats_draws, 2, 10_000, fix="e.g. train.grad_stats_draws=8")
     if cfg.steps_per_epoch is not None:
         check_int("train.steps_per_epoch", cfg.steps_per_epoch, 1, fix="give a positive cap, or null")
     check_param_groups(cfg.param_groups)

@@ -58,6 +58,8 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     tf32: bool = False             # CUDA only: TF32 matmuls/convolutions (10-bit mantissa); False = IEEE fp32
     autocast: str | None = None    # "bf16": encoder/decoder of training steps in bf16, log-densities in fp32
+    grad_stats_every: int | None = None   # log the encoder gradient's variance and SNR every N steps (grad_stats.jsonl)
+    grad_stats_draws: int = 8      # extra estimator calls on the step's batch for each measurement
     cuda_graph: bool = False       # CUDA only: replay each whole update (forward, backward, Adam) as one CUDA graph
 
 

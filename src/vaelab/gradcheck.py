@@ -239,3 +239,24 @@ def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None 
     result |= {"source": str(source), "config": cfg.name, "warmup_steps": warmup, "seed": seed,
                "trained_state_from_run": sorted(set(own) & set(names))}   # these were not warmed up
     return result, str(out)
+
+
+def training_grad_stats(estimator: Estimator, model: VAE, x: Tensor, draws: int = 8) -> dict[str, float]:
+    """The encoder gradient's noise on batch `x` at the current parameters, from `draws` extra estimator calls
+    (`train.grad_stats_every`): `grad_var` = trace of the per-draw covariance (the sum over encoder parameters of
+    each coordinate's variance, as `gradvar` reports), `grad_snr` = |mean gradient| / sqrt(grad_var), the signal
+    of one draw over its noise. The global RNG state is restored afterwards, so training draws exactly what it
+    would have drawn without the measurement."""
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+    try:
+        params = list(model.encoder.parameters())
+        grads = estimator_grads(estimator, model, x, params, draws)            # [draws, n_params]
+    finally:
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, x.device)
+    variance = grads.var(0).sum().item()
+    signal = grads.mean(0).norm().item()
+    return {"grad_var": variance, "log10_grad_var": math.log10(max(variance, 1e-300)),
+            "grad_snr": signal / math.sqrt(variance) if variance > 0 else math.inf}

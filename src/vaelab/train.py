@@ -23,6 +23,7 @@ from .config import Config, validate
 from .errors import Stopped, VaelabError
 from .estimators import Estimate
 from .evaluate import elbo_terms
+from .gradcheck import training_grad_stats
 from .lifecycle import RunLock, StopSignals
 from .optim import Optimizers, build_optimizers
 from .run import build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
@@ -230,12 +231,40 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
     update = make_update(cfg, model, estimator, optim, ctx, data.x_valid[:8])
     sink = MetricsSink(run_dir, state["history"]) if ctx.is_main else MemorySink(run_dir, state["history"])
     loop = Loop(cfg, run_dir, model, estimator, optim, data, gen, ctx, update, sink, beta, lr_at, quiet)
+    if cfg.train.grad_stats_every and ctx.is_main:
+        done = sum(r["steps"] for r in state["history"]) + state.get("partial", {}).get("step", 0)
+        loop.probe = GradProbe(cfg, model, estimator, run_dir, sink, done)
     with contextlib.ExitStack() as scope:
         scope.callback(sink.close)
         scope.enter_context(distributed.matmul_precision(cfg.train.tf32, device))
         loop.run(state["epoch"], state.get("partial"))
         distributed.barrier(ctx)   # ranks leave together: tearing Gloo down while rank 0 still writes can abort
     return sink.history
+
+
+class GradProbe:
+    """`train.grad_stats_every` = N: after every N-th step, the encoder gradient's variance and signal-to-noise ratio
+    on that step's batch (gradcheck.training_grad_stats, train.grad_stats_draws extra estimator calls, the RNG left
+    as it was) -> RUN/grad_stats.jsonl (one row per measurement) and TensorBoard (grad/*). Rows past the
+    checkpoint a resumed run starts from are dropped, so a resumed run's file equals an uninterrupted one's."""
+
+    def __init__(self, cfg: Config, model, estimator, run_dir: Path, sink: MetricsSink, done_steps: int) -> None:
+        self.model, self.estimator, self.sink = model, estimator, sink
+        self.every, self.draws = cfg.train.grad_stats_every, cfg.train.grad_stats_draws
+        self.path = run_dir / "grad_stats.jsonl"
+        rows = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
+        kept = [r for r in rows if r["step"] <= done_steps]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def __call__(self, step: int, x: Tensor) -> None:
+        if step % self.every:
+            return
+        row = {"step": step} | training_grad_stats(self.estimator, self.model, x, self.draws)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.sink.tb is not None:
+            for key in ("log10_grad_var", "grad_snr"):
+                self.sink.tb.add_scalar(f"grad/{key}", row[key], step)
 
 
 class Loop:
@@ -247,6 +276,7 @@ class Loop:
         self.cfg, self.run_dir, self.model, self.estimator, self.optim = cfg, run_dir, model, estimator, optim
         self.data, self.gen, self.ctx, self.update, self.sink = data, gen, ctx, update, sink
         self.beta, self.lr_at, self.quiet = beta, lr_at, quiet
+        self.probe: GradProbe | None = None
 
     def checkpoint(self, epochs_done: int, history: list[dict[str, Any]], partial: dict | None = None) -> None:
         if not self.ctx.is_main:
@@ -267,7 +297,7 @@ class Loop:
                 try:
                     row = train_epoch(cfg, self.model, self.estimator, self.optim, self.data, self.gen, epoch, show,
                                       self.beta, ctx=ctx, update=self.update, start=partial,
-                                      stop=None if ctx.distributed else stop)
+                                      stop=None if ctx.distributed else stop, probe=self.probe)
                 except EpochStopped as halt:
                     self.checkpoint(epoch, self.sink.history, halt.partial)
                     raise Stopped(f"stopped by {stop.name} in epoch {epoch + 1} after step {halt.partial['step']}: "
@@ -315,7 +345,8 @@ class Loop:
 def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator, epoch: int,
                 show_progress: bool, beta: Schedule = lambda step: 1.0, step=None,
                 ctx: distributed.Context | None = None, update: Updater | None = None, *,
-                start: dict[str, Any] | None = None, stop: StopSignals | None = None) -> dict[str, Any]:
+                start: dict[str, Any] | None = None, stop: StopSignals | None = None,
+                probe: Callable[[int, Tensor], None] | None = None) -> dict[str, Any]:
     """One pass over a fresh permutation; sums stay on the device and are read once at the end.
 
     `beta(step)` weights the trained KL (train_loss); train_elbo/rec/kl are the unweighted ELBO terms.
@@ -352,6 +383,8 @@ def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator
         beta_sum += kl_weight
         local, weight = distributed.shard(idx, ctx)                              # one process: idx, 1.0
         update(x_epoch[local], kl_weight, weight)
+        if probe is not None:
+            probe(step0 + i + 1, x_epoch[local])                                 # train.grad_stats_every
     sums = distributed.all_reduce_sum(update.sums.clone(), ctx)                  # one collective per epoch
     n = sum(len(i) for i in batches)
     loss, elbo, rec, kl = (sums / n).tolist()
