@@ -3,11 +3,10 @@ from each run's metrics.jsonl, embedded as base64 PNG so the page stands alone."
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic import atomic_path
 from .stats import SE_LABEL, mean_se
 
 if TYPE_CHECKING:
@@ -56,47 +55,34 @@ def plot_curve(settings: list[Setting], metric: str, ylabel: str, path: Path) ->
     ax.set_title(f"{metric} per epoch: mean across seeds, band {SE_LABEL}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.savefig(path.with_name(path.stem + ".tmp.png"), bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="png")
     plt.close(fig)
-    return path.with_name(path.stem + ".tmp.png").replace(path)
+    return path
 
 
 def render_html(result: dict[str, Any], tabs: dict[str, list[list[str]]], settings: list[Setting],
                 notes: dict[str, str], out: Path) -> str:
-    """The whole page; the curve PNGs are also left in `out` (curves_METRIC.png)."""
+    """The whole page, through the report's renderer (page.render_page); the curve PNGs are also left in `out`
+    (curves_METRIC.png)."""
     from .compare import title
+    from .page import figure, grid, note, render_page, table
+    from .page import notes as note_list
 
-    esc = html.escape
     figs = []
     for metric, ylabel in CURVES:
         path = plot_curve(settings, metric, ylabel, out / f"curves_{metric}.png")
         if path is not None:
-            data = base64.b64encode(path.read_bytes()).decode()
-            figs.append(f'<figure><img alt="{esc(metric)} per epoch" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{esc(metric)} per epoch; solid: validation, dashed: training; shaded: "
-                        f"{esc(SE_LABEL)}.</figcaption></figure>")
-    parts = [f"<h1>vaelab compare: {esc(title(result))}</h1>",
-             f"<p>{esc(notes['grouping'])}</p>", f"<h2>Test set (nats): mean {esc(SE_LABEL)} (N seeds per row)</h2>",
-             html_table(tabs["main"]), f"<p>{esc(notes['main'])}</p>"]
+            figs.append(figure(path, f"{metric} per epoch; solid: validation, dashed: training; shaded: "
+                                     f"{SE_LABEL}.", alt=f"{metric} per epoch"))
+    sections = [(f"Test set (nats): mean {SE_LABEL} (N seeds per row)", [table(tabs["main"]), note(notes["main"])])]
     if tabs["quality"]:
-        parts += [f"<h2>Sample quality: mean {esc(SE_LABEL)}</h2>", html_table(tabs["quality"])]
+        sections.append((f"Sample quality: mean {SE_LABEL}", [table(tabs["quality"])]))
     if len(tabs["paired"]) > 1:
-        parts += ["<h2>Paired differences over shared seeds: mean [95% t interval]</h2>", html_table(tabs["paired"]),
-                  f"<p>{esc(notes['paired'])}</p>"]
-    parts += ["<h2>Curves</h2>", *figs]
+        sections.append(("Paired differences over shared seeds: mean [95% t interval]",
+                         [table(tabs["paired"]), note(notes["paired"])]))
+    sections.append(("Curves", [grid(*figs)] if figs else [note("no run has per-epoch metrics")]))
     if result["notes"]:
-        parts += ["<h2>Notes</h2><ul>", *[f"<li>{esc(n)}</li>" for n in result["notes"]], "</ul>"]
-    runs = "".join(f"<li>{esc(s['label'])}: {esc(', '.join(s['runs']))}</li>" for s in result["settings"])
-    parts += ["<h2>Runs</h2><ul>", runs, "</ul>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "figure{display:inline-block;vertical-align:top;max-width:580px;margin:1em}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>vaelab compare</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
-
-
-def html_table(table: list[list[str]]) -> str:
-    """An HTML table, the first row as header cells, every cell escaped."""
-    return "<table>" + "".join("<tr>" + "".join(f"<{t}>{html.escape(c)}</{t}>" for c in row) + "</tr>"
-                               for t, row in (("th" if i == 0 else "td", r) for i, r in enumerate(table))) + \
-        "</table>"
+        sections.append(("Notes", [note_list(result["notes"])]))
+    sections.append(("Runs", [note_list([f"{s['label']}: {', '.join(s['runs'])}" for s in result["settings"]])]))
+    return render_page(f"vaelab compare: {title(result)}", sections, intro=notes["grouping"])

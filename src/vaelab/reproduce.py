@@ -92,8 +92,8 @@ def train_stage(stage: Stage, s: Settings, run_dir: Path) -> None:
         log(f"{stage.name}: resuming at epoch {state['epoch'] + 1}/{cfg.train.epochs}")
         train(None, run_dir, resume=True)
         return
-    if run_dir.exists():   # a run that died before its first checkpoint: nothing worth keeping
-        shutil.rmtree(run_dir)
+    # a run that died before its first checkpoint is restarted by train() itself, under the run's lock (deleting it
+    # here could delete a run another process is training in its first epoch)
     log(f"{stage.name}: training {cfg.train.epochs} epochs ({cfg.estimator.name} estimator)")
     train(cfg, run_dir)
 
