@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import threading
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,3 +38,31 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+class RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    """A quiet static file handler that records the paths it was asked for in `server.requests`."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(root: Path):
+    """Serve `root` on 127.0.0.1 (an ephemeral port) for the tests' downloads; yield (base URL, server)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RecordingHandler,
+                                                                                 directory=str(root)))
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert not thread.is_alive()

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import socket
 import struct
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import serve_folder
 
 from vaelab import data
 from vaelab.data import BINARIZATIONS, binarize, load_splits
@@ -61,13 +59,6 @@ def check_idx_splits(splits: data.Splits, arrays: dict[str, np.ndarray]) -> None
     np.testing.assert_array_equal(splits.y_test, arrays["t10k-labels-idx1-ubyte.gz"])
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """A static file handler that does not log to stderr."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def idx_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Serve four tiny IDX gz files on 127.0.0.1 with their sha256s patched in; yield (url, arrays)."""
@@ -76,16 +67,8 @@ def idx_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     arrays = write_idx_files(root)
     sums = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in arrays}
     monkeypatch.setattr(data, "MNIST_SHA256", sums)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", arrays
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    assert not thread.is_alive()
+    with serve_folder(root) as (url, _):
+        yield url, arrays
 
 
 @pytest.fixture

@@ -4,21 +4,19 @@ local HTTP server on 127.0.0.1 (real downloads are not possible here)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import hashlib
-import http.server
 import json
 import re
 import socket
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
+from conftest import serve_folder
 
 from vaelab import sources
 from vaelab.data import SPLIT_KEYS, binarize
@@ -26,33 +24,13 @@ from vaelab.errors import VaelabError
 from vaelab.sources import MANIFEST, Original, load_source
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """A quiet static file handler that records the paths it was asked for."""
-
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def www(tmp_path: Path):
     """Serve tmp_path/www on 127.0.0.1; yield (folder, base URL, server with its .requests list)."""
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/", server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    assert not thread.is_alive()
+    with serve_folder(root) as (url, server):
+        yield root, url, server
 
 
 def dead_url() -> str:

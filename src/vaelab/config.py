@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -137,20 +138,26 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def set_dotted(values: dict[str, Any], key: str, value: Any, what: str = "config key") -> None:
+    """values[a][b]... = value for the dotted key 'a.b...', creating sections as needed (the value is copied, so
+    configs built from one spec never share a mutable value)."""
+    *parents, leaf = str(key).split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise VaelabError(f"{what}: {part} is not a config section")
+    node[leaf] = copy.deepcopy(value)
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=c` strings to a nested dict; the value is parsed as YAML (so 1e-3, true, [1,2] work)."""
     for item in overrides:
         if "=" not in item:
             raise VaelabError(f"--set {item!r} is not key=value: write e.g. --set train.lr=1e-3")
         key, raw = item.split("=", 1)
-        node = values
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise VaelabError(f"--set {key}: {p} is not a section")
         try:
-            node[leaf] = yaml.safe_load(raw)
+            set_dotted(values, key.strip(), yaml.safe_load(raw), f"--set {key}")
         except yaml.YAMLError as err:
             raise VaelabError(f"--set {key}={raw!r}: the value is not valid YAML ({_yaml_problem(err)}): "
                               "quote it or fix it, e.g. --set train.lr=1e-3 or --set model.hidden=[512,256]") from err

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, from_dict
+from .config import Config, from_dict, set_dotted
 from .errors import VaelabError
 from .sweep_run import Job
 
@@ -102,17 +102,6 @@ def _iw_samples(value: Any) -> int | None | bool:
     raise VaelabError(f"sweep spec evaluate = {value!r}: write evaluate: {{iw_samples: K}} (K >= 0), or false")
 
 
-def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
-    """values[a][b]... = value for key 'a.b...' (copied, so runs never share a mutable value)."""
-    *parents, leaf = str(key).split(".")
-    node = values
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise VaelabError(f"sweep spec key {key}: {part} is not a config section")
-    node[leaf] = copy.deepcopy(value)
-
-
 class Spec:
     """A parsed sweep spec: the base config's values, fixed overrides, the settings and the seeds."""
 
@@ -143,7 +132,7 @@ class Spec:
         """The full config of one run, validated (an unknown key or bad value is refused here, before training)."""
         values = copy.deepcopy(self.base_values)
         for key, value in [*self.fixed.items(), *setting.items()]:
-            set_dotted(values, key, value)
+            set_dotted(values, key, value, f"sweep spec key {key}")
         if seed is not None:
             set_dotted(values, "train.seed", seed)
         try:
