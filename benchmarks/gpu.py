@@ -26,12 +26,13 @@ import torch
 from iw_eval import per_image_loop
 from speed import flops_per_sample, matmul_peak_gflops, plain_epoch, sync
 
-from vaelab import cudagraph, distributed
+from vaelab import cudagraph, distributed, hardware
 from vaelab.config import load_config
-from vaelab.evaluate import ROWS_PER_CHUNK, iw_loglik
+from vaelab.evaluate import iw_loglik
+from vaelab.hardware import ROWS_PER_CHUNK, resolve_device
 from vaelab.nets import mlp
 from vaelab.optim import adam
-from vaelab.run import build, open_run, prepare_data, resolve_device
+from vaelab.run import build, open_run, prepare_data
 from vaelab.train import make_update, train_epoch
 
 MODELS = {"seed": "configs/gaussian_vae.yaml", "iwae": "configs/literature/iwae_vae_1layer.yaml"}
@@ -101,9 +102,9 @@ def section_env(b: Bench) -> None:
                  "cuda": torch.version.cuda}
     b.put("env", "info", info)
     n = 1024 if b.smoke else 8192
-    with distributed.matmul_precision(False, d):
+    with hardware.matmul_precision(False, d):
         b.put("env", "fp32_ieee_tflops", matmul_peak_gflops(d, n, 10, torch.float32) / 1e3)
-    with distributed.matmul_precision(True, d):
+    with hardware.matmul_precision(True, d):
         b.put("env", "tf32_tflops", matmul_peak_gflops(d, n, 10, torch.float32) / 1e3)
     b.put("env", "bf16_tflops", matmul_peak_gflops(d, n, 10, torch.bfloat16) / 1e3)
 
@@ -151,7 +152,7 @@ def time_variant(b: Bench, model: str, batch: int, variant: str, epochs: int) ->
     fps = flops_per_sample(enc_sizes) + flops_per_sample(dec_sizes)
     gen = torch.Generator(b.device).manual_seed(0)
     times = []
-    with distributed.matmul_precision(cfg.train.tf32, b.device):
+    with hardware.matmul_precision(cfg.train.tf32, b.device):
         if variant == "plain":
             torch.manual_seed(0)
             enc, dec = (mlp(sizes, cfg.model.activation).to(b.device) for sizes in (enc_sizes, dec_sizes))
@@ -192,7 +193,7 @@ def section_iw(b: Bench, run_dir: Path) -> None:
     default_rows = ROWS_PER_CHUNK["cuda"]
 
     def timed(model, tf32: bool = False) -> tuple[float, float]:
-        with distributed.matmul_precision(tf32, b.device):
+        with hardware.matmul_precision(tf32, b.device):
             iw_loglik(model, x[:100], k)                       # warm-up
             sync(b.device)
             torch.manual_seed(0)
@@ -202,7 +203,7 @@ def section_iw(b: Bench, run_dir: Path) -> None:
             return time.perf_counter() - t, ll.mean().item()
 
     for name, model, tf32 in (("fp32", run.model, False), ("tf32", run.model, True),
-                              ("bf16_decoder", distributed.autocast_twin(run.model, "bf16", encoder=False), False)):
+                              ("bf16_decoder", hardware.autocast_twin(run.model, "bf16", encoder=False), False)):
         sec, mean = timed(model, tf32)
         b.put("iw", name, {"images": len(x), "k": k, "seconds": sec, "ms_per_image": 1e3 * sec / len(x),
                            "mean_loglik": mean})
@@ -283,7 +284,7 @@ def section_iwae_budget(b: Bench, seconds: float, variant: str) -> None:
         cfg.train.steps_per_epoch = 4
     gen = torch.Generator(b.device).manual_seed(0)
     t0, epochs, history = time.perf_counter(), 0, []
-    with distributed.matmul_precision(cfg.train.tf32, b.device):
+    with hardware.matmul_precision(cfg.train.tf32, b.device):
         while time.perf_counter() - t0 < seconds:
             row = train_epoch(cfg, model, est, opt, data, gen, epochs, False, update=update)
             epochs += 1

@@ -67,8 +67,8 @@ def export(out: Path) -> None:
 def run_vaelab(out: Path, rnd: int, epochs: int, nll_images: int, variant: str) -> None:
     """train() for `epochs` (loop seconds per epoch from metrics, wall time in all); for fp32, then iw_loglik on
     test images (evaluation is fp32 whatever the training precision) and the weights for Pythae's get_nll."""
-    from vaelab.distributed import autocast_twin
     from vaelab.evaluate import iw_loglik
+    from vaelab.hardware import autocast_twin
     from vaelab.run import build, load_weights, prepare_data, read_checkpoint
     from vaelab.train import train
     run_dir, tag = out / f"vaelab-{variant}_run{rnd}", f"vaelab-{variant}{rnd}"

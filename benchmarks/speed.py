@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab.config import load_config
+from vaelab.hardware import resolve_device
 from vaelab.optim import adam
-from vaelab.run import build, prepare_data, resolve_device
+from vaelab.run import build, prepare_data
 from vaelab.train import train_epoch
 
 

@@ -259,7 +259,8 @@ GOOD = {"x_train": np.zeros((5, 4)), "y_train": np.arange(5), "x_test": np.zeros
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"y_test": None}, r"has keys \['x_test', 'x_train', 'y_train'\]; required x_train, y_train, x_test, y_test"),
+        ({"y_test": None}, r"has labels \['y_train'\] but not \['y_test'\]: give labels for every split"),
+        ({"x_test": None}, r"has keys \['x_train', 'y_test', 'y_train'\]; required x_train, x_test"),
         ({"x_test": np.zeros((2, 9))}, "images differ in size"),
         ({"y_train": np.arange(4)}, "y_train is int64 \\(4,\\): labels must be 5 integers"),
         ({"x_train": np.full((5, 4), np.nan)}, "x_train contains NaN"),

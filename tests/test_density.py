@@ -1,5 +1,6 @@
-"""Tests for vaelab.density: the ex-post Gaussian mixture (sklearn EM, torch export, safe storage), the AE's
-importance-sampled log-likelihood against grid quadrature, the latent figures, and the CLI end to end."""
+"""Tests for vaelab.density and vaelab.ae_likelihood: the ex-post Gaussian mixture (sklearn EM, torch export,
+safe storage), the AE's importance-sampled log-likelihood against grid quadrature, the latent figures, and the CLI
+end to end."""
 
 from __future__ import annotations
 
@@ -15,20 +16,17 @@ from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from vaelab import density as density_mod
-from vaelab.cli import main
-from vaelab.config import ModelConfig
-from vaelab.density import (
-    COVARIANCE_TYPES,
+from vaelab.ae_likelihood import (
     PROPOSAL_INFLATIONS,
     DefensiveMixture,
-    GMMDensity,
     WithPrior,
-    encode,
     fit_proposal,
     laplace_precision,
     laplace_proposal,
-    select_components,
 )
+from vaelab.cli import main
+from vaelab.config import ModelConfig
+from vaelab.density import COVARIANCE_TYPES, GMMDensity, encode, select_components
 from vaelab.errors import VaelabError
 from vaelab.evaluate import iw_loglik
 from vaelab.figures_latent import plot_codes, plot_codes_vs_gmm
@@ -339,7 +337,7 @@ def test_cli_gmm_prior_for_a_vae(tmp_path):
 
 
 def test_covariance_cholesky_inverts_the_precision_and_survives_rounding():
-    from vaelab.density import covariance_cholesky
+    from vaelab.ae_likelihood import covariance_cholesky
 
     torch.manual_seed(0)
     a = torch.randn(5, 6, 6, dtype=torch.float64)

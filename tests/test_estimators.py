@@ -15,11 +15,12 @@ from torch import nn
 
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
-from vaelab.estimators import ESTIMATORS, VIMCO, build_estimator
+from vaelab.estimators import ESTIMATORS, build_estimator
 from vaelab.exact import all_codes
 from vaelab.gradcheck import estimator_grads, exact_grad, objective_of, warm_up
 from vaelab.latents import LATENTS, BernoulliLatent
 from vaelab.model import VAE, build_model
+from vaelab.score_function import VIMCO
 
 P, D, B = 16, 3, 4                 # pixels, latent bits, examples
 GROUPS, REPLICAS = 200, 25         # 200 rows, each the mean of 25 independent draws: 5000 draws per estimator

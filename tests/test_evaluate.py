@@ -36,7 +36,7 @@ def test_iw_bound_above_elbo_on_average_and_increasing_in_k():
 
 def test_chunked_estimate_matches_a_plain_loop(monkeypatch):
     """13 short chunks agree with a plain all-at-once reference within the reference's Monte Carlo error."""
-    import vaelab.evaluate as ev
+    from vaelab import hardware
 
     model = tiny_model()
     x = torch.bernoulli(torch.full((6, 20), 0.5, dtype=torch.float64))
@@ -47,7 +47,7 @@ def test_chunked_estimate_matches_a_plain_loop(monkeypatch):
     reference = torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k)))
     w = torch.exp(log_w - log_w.max(0).values)
     se = w.std(0) / w.mean(0) / k ** 0.5                                  # delta-method SE of log mean w
-    monkeypatch.setitem(ev.ROWS_PER_CHUNK, "cpu", 6 * 307)                # 307 samples a chunk, last one short
+    monkeypatch.setitem(hardware.ROWS_PER_CHUNK, "cpu", 6 * 307)                # 307 samples a chunk, last one short
     chunked = iw_loglik(model, x, k=k)
     assert chunked.dtype == torch.float64
     assert ((chunked - reference).abs() < 5 * se * 2 ** 0.5 + 1e-9).all()

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from test_report import assert_sprite_is_the_decoder
 
-from vaelab.report import SHORT
 from vaelab.report_inputs import GRADVAR, GRADVAR_ESTIMATORS
+from vaelab.report_parts import SHORT
 from vaelab.reproduce import STUDY, Settings, reproduce
 from vaelab.run import open_run, read_checkpoint
 

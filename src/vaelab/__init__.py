@@ -4,8 +4,6 @@
     run.evaluate(iw_samples=100)["iw_loglik"]
 """
 
-__version__ = "0.1.0"
-
 from .api import Run, fit, load
 from .config import Config, load_config
 from .errors import VaelabError
@@ -14,6 +12,7 @@ from .evaluate import elbo_terms, evaluate_model, iw_loglik
 from .latents import LATENTS, LatentFamily
 from .model import VAE, build_model
 from .nets import NETS
+from .provenance import __version__ as __version__  # one definition, below every module that reports it
 
 __all__ = ["fit", "load", "Run", "Config", "load_config", "VaelabError", "ESTIMATORS", "Estimate", "Estimator",
            "elbo_terms", "evaluate_model", "iw_loglik", "LATENTS", "LatentFamily", "VAE", "build_model", "NETS"]

@@ -68,7 +68,7 @@ class Run:
         """n images [n, P] decoded from prior codes: mode bernoulli | threshold | probs; prior normal | gmm."""
         import torch
 
-        from .density import sampling_prior
+        from .pipeline import sampling_prior
         from .sampling import sample
 
         p_z, _, _ = sampling_prior(self.loaded, self.path, prior)
@@ -81,11 +81,14 @@ class Run:
 
         return fit_run_density(self.loaded, self.path, components, covariance, seed)[0]
 
-    def quality(self, n: int = 10000, mode: str = "bernoulli", prior: str | None = None) -> dict[str, Any]:
-        """Sample-quality scores with the shipped MNIST classifier (28x28 digits only)."""
+    def quality(self, n: int = 10000, mode: str = "bernoulli", prior: str | None = None,
+                classifier: str | Path | None = None) -> dict[str, Any]:
+        """Sample-quality scores (also eval.json), as `vaelab quality`: with the shipped MNIST classifier for runs
+        on mnist or mnist-static, else with `classifier`, a file of `vaelab classifier train --data SOURCE` for
+        the run's own data; any other pairing raises a VaelabError naming both data sets."""
         from .pipeline import quality_run
 
-        return quality_run(self.loaded, self.path, n, mode, prior)
+        return quality_run(self.loaded, self.path, n, mode, prior, None if classifier is None else str(classifier))
 
     def save(self, path: str | Path) -> Path:
         """Copy the run directory to `path` (which must not exist); `vaelab.load(path)` opens it again."""

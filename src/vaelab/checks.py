@@ -1,7 +1,8 @@
 """Range checks of a whole Config, run before anything is built or written, and of command-line counts and paths.
 
-Each failure is a VaelabError naming the key, the value, what it must be and how to fix it. Checks that need the
-registries (latent families, estimators, networks) import them lazily: config.py stays importable on its own.
+Each failure is a VaelabError naming the key, the value, what it must be and how to fix it. Checking a config
+needs every registry (data binarizations, latent families, networks, estimators) and the hardware options, so this
+module sits above them; config.py calls `check_config` and `check_type`, and nothing below imports either.
 """
 
 from __future__ import annotations
@@ -9,17 +10,25 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import re
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .data import BINARIZATIONS
 from .errors import VaelabError
+from .estimators import ESTIMATORS
+from .hardware import check_device_name, check_options
+from .latents import LATENTS
+from .nets import ACTIVATIONS, NETS
+from .optim import check_param_groups
+from .schedules import kl_schedule, lr_schedule
 
 SEED_MAX = 2**63 - 1            # torch and numpy seeds: 0 .. 2^63-1
 SIZE_MAX = 65536                # the largest layer width, channel count or latent dimension accepted
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 DECODER_BIASES = ("zero", "data_mean")
 
 
@@ -44,11 +53,6 @@ def check_seed(where: str, value: Any) -> None:
     check_int(where, value, 0, SEED_MAX, "give a seed in 0..2^63-1")
 
 
-def check_device_name(where: str, value: Any) -> None:
-    if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
-        raise VaelabError(f"{where} = {value!r} is not a device vaelab runs on: use auto, cpu, cuda or cuda:N")
-
-
 def check_choice(where: str, value: Any, choices: typing.Iterable[str]) -> None:
     choices = list(choices)
     if value not in choices:
@@ -59,11 +63,39 @@ def check_choice(where: str, value: Any, choices: typing.Iterable[str]) -> None:
         raise VaelabError(f"{where} = {value!r} is not known: {hint}choose one of {', '.join(choices)}")
 
 
+def check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` if it fits the annotation `tp` (ints pass as floats), else raise a VaelabError (used
+    for config keys by config.from_dict and for registered classes' keyword arguments by `check_kwargs`)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return check_type(value, arm, where)
+            except VaelabError:
+                pass
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif origin is list and isinstance(value, list | tuple):
+        (arm,) = typing.get_args(tp)
+        return [check_type(v, arm, where) for v in value]
+    elif origin is dict and isinstance(value, dict):
+        return dict(value)
+    elif isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise VaelabError(f"config key {where} = {value!r} is not a {getattr(tp, '__name__', tp)}: fix the value")
+
+
 def _init_parameters(cls: type) -> tuple[Any, dict[str, inspect.Parameter]] | None:
     """The __init__ that builds `cls` (the first one below torch's nn.Module) and its keyword parameters (those
     with defaults, which a config may set); None when it takes **kwargs (nothing can be checked)."""
-    import torch
-
     for klass in cls.__mro__:
         if klass in (torch.nn.Module, object):
             return None, {}
@@ -78,8 +110,6 @@ def _init_parameters(cls: type) -> tuple[Any, dict[str, inspect.Parameter]] | No
 def check_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
     """Refuse keyword arguments `cls` does not take ("did you mean") and values of the wrong type: an int
     parameter (a size or count) must be a positive integer, a float one a finite number."""
-    from .config import _check_type
-
     found = _init_parameters(cls)
     if found is None:
         return
@@ -95,7 +125,7 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
             raise VaelabError(f"unknown key {where}.{key}: {hint}valid keys for {cls.__name__}: {valid}")
         tp = hints.get(key, typing.Any)
         if tp is not typing.Any:
-            _check_type(value, tp, f"{where}.{key}")
+            check_type(value, tp, f"{where}.{key}")
         if isinstance(value, int) and not isinstance(value, bool) and int in typing.get_args(tp) + (tp,):
             check_int(f"{where}.{key}", value, 1, SIZE_MAX)
         if isinstance(value, float) and not math.isfinite(value):
@@ -103,8 +133,6 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
 
 
 def _check_data(cfg: Any) -> None:
-    from .data import BINARIZATIONS
-
     if not isinstance(cfg.source, str) or not cfg.source.strip():
         raise VaelabError("data.source is empty: give mnist, digits or a path to a .npz file or IDX folder")
     check_choice("data.binarize", cfg.binarize, BINARIZATIONS)
@@ -112,9 +140,6 @@ def _check_data(cfg: Any) -> None:
 
 
 def _check_model(cfg: Any) -> None:
-    from .latents import LATENTS
-    from .nets import ACTIVATIONS, NETS
-
     latent = LATENTS.get(cfg.latent)
     NETS.get(cfg.nets)
     check_int("model.latent_dim", cfg.latent_dim, 1, SIZE_MAX)
@@ -126,10 +151,6 @@ def _check_model(cfg: Any) -> None:
 
 
 def _check_train(cfg: Any) -> None:
-    from .distributed import check_options
-    from .optim import check_param_groups
-    from .schedules import kl_schedule, lr_schedule
-
     check_int("train.epochs", cfg.epochs, 1)
     check_int("train.batch_size", cfg.batch_size, 1)
     check_positive("train.lr", cfg.lr, "e.g. train.lr=1e-3")
@@ -146,15 +167,11 @@ def _check_train(cfg: Any) -> None:
     check_param_groups(cfg.param_groups)
     lr_schedule(cfg.lr_schedule)
     kl_schedule(cfg.kl_weight, 1)
-    import torch
-
     check_options(cfg.compile, cfg.autocast, torch.device("cpu"), cfg.compile_mode)
 
 
 def check_config(cfg: Any) -> None:
     """Every field of a Config in range; raises a VaelabError naming the first one that is not."""
-    from .estimators import ESTIMATORS
-
     if not isinstance(cfg.name, str) or not cfg.name or cfg.name in (".", "..") or "/" in cfg.name \
             or os.sep in cfg.name:
         raise VaelabError(f"name = {cfg.name!r} must be a plain name (it names runs/<name>): e.g. name: my_vae")

@@ -31,21 +31,39 @@ from torch import Tensor, nn
 
 from .atomic import atomic_path
 from .config import DataConfig
+from .data import Splits
 from .errors import VaelabError
 from .run import prepare_data
 from .sources import load_dataset
 
 FORMAT = "vaelab-classifier-1"
 SHIPPED = "mnist_cnn.safetensors"
+SHIPPED_DATA = "mnist"   # what the shipped classifier was trained on (its info["data"])
+MNIST_FAMILY = ("mnist", "mnist-static")   # the same digits: one classifier serves both
+
+
+def data_identity(source: str) -> str:
+    """What a data source is, for matching a classifier to a run: "mnist" for the MNIST digits however binarized
+    (mnist, mnist-static), a named source's name, else the resolved path of the file or folder."""
+    from .data import SOURCES as DATA_SOURCES
+    from .sources import SOURCES as BENCHMARKS
+
+    if source in MNIST_FAMILY:
+        return SHIPPED_DATA
+    if source in DATA_SOURCES or source in BENCHMARKS:
+        return source
+    return str(Path(source).expanduser().resolve())
 
 
 class DigitCNN(nn.Module):
-    """Three conv(3x3)-ReLU-maxpool(2) blocks, fc(hidden)-ReLU, fc(10), on flattened [B, P] images.
+    """Three conv(3x3)-ReLU-maxpool(2) blocks, fc(hidden)-ReLU, fc(classes), on flattened [B, P] images.
 
-    `features` is the fc(hidden) layer. For 28x28 and the default widths: 241k parameters, 1 MB in float32.
+    `features` is the fc(hidden) layer. For 28x28, 10 classes and the default widths: 241k parameters, 1 MB in
+    float32. `classes`: 10 digits for MNIST, 50 alphabets for Omniglot, 101 for the Caltech silhouettes.
     """
 
-    def __init__(self, image_shape: tuple[int, int], channels: tuple[int, ...] = (32, 64, 128), hidden: int = 128):
+    def __init__(self, image_shape: tuple[int, int], channels: tuple[int, ...] = (32, 64, 128), hidden: int = 128,
+                 classes: int = 10):
         super().__init__()
         h, w = image_shape
         if h < 8 or w < 8:
@@ -57,14 +75,14 @@ class DigitCNN(nn.Module):
         side = 2 ** len(channels)   # each pool halves (floors) the image sides
         self.body = nn.Sequential(*blocks, nn.Flatten(),
                                   nn.Linear(channels[-1] * (h // side) * (w // side), hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, 10)
+        self.head = nn.Linear(hidden, classes)
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate-layer features [B, hidden] of images x [B, P] in [0, 1]."""
         return self.body(x.reshape(-1, 1, *self.image_shape))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Class logits [B, 10]."""
+        """Class logits [B, classes]."""
         return self.head(self.features(x))
 
 
@@ -99,6 +117,17 @@ def _epoch(model: DigitCNN, opt: torch.optim.Optimizer, sched: torch.optim.lr_sc
     return total / len(x)
 
 
+def _classes(splits: Splits, source: str) -> int:
+    """The number of classes of a labelled data set (its largest label + 1); data without labels is refused."""
+    ys = (splits.y_train, splits.y_valid, splits.y_test)
+    if any(y.size and y.min() < 0 for y in ys):
+        hint = ("; the shipped MNIST classifier already fits mnist-static runs (`vaelab quality RUN`, no "
+                "--classifier)" if source in MNIST_FAMILY else "")
+        raise VaelabError(f"{source} has images without labels: the classifier learns its features from labels, so "
+                          f"train it on labelled images of the same kind{hint}")
+    return max(2, int(max(y.max() for y in ys if y.size)) + 1)
+
+
 def train_classifier(source: str = "mnist", epochs: int = 6, seed: int = 0, batch_size: int = 128,
                      lr: float = 1e-3, device: str = "cpu", quiet: bool = False) -> tuple[DigitCNN, dict]:
     """Train a DigitCNN on `source`'s train split with augmentation; return it and its accuracies."""
@@ -106,11 +135,12 @@ def train_classifier(source: str = "mnist", epochs: int = 6, seed: int = 0, batc
         raise VaelabError(f"--epochs must be at least 1, got {epochs}")
     dev = torch.device(device)
     splits = load_dataset(source)
+    classes = _classes(splits, source)
     data = prepare_data(DataConfig(source=source, binarize="dynamic"), dev, splits)   # test: the runs' fixed draw
     gray_test = torch.from_numpy(splits.x_test).to(dev)
     torch.manual_seed(seed)
     gen = torch.Generator(dev).manual_seed(seed)
-    model = DigitCNN(data.image_shape).to(dev)
+    model = DigitCNN(data.image_shape, classes=classes).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-len(data.x_train) // batch_size)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)   # lr -> 0 along a half cosine, per step
@@ -121,7 +151,8 @@ def train_classifier(source: str = "mnist", epochs: int = 6, seed: int = 0, batc
             valid = accuracy(model, data.x_valid, data.y_valid)
             print(f"epoch {epoch}/{epochs}: train loss {loss:.4f}, valid accuracy (binarized) {valid:.4f}",
                   file=sys.stderr)
-    info = {"data": source, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+    info = {"data": data_identity(source), "classes": classes, "epochs": epochs, "seed": seed,
+            "batch_size": batch_size, "lr": lr,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "train_seconds": round(time.perf_counter() - start, 1),
             "valid_accuracy_binarized": accuracy(model, data.x_valid, data.y_valid),
@@ -135,7 +166,7 @@ def save_classifier(model: DigitCNN, path: str | Path, info: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "image_shape": json.dumps(model.image_shape), "channels": json.dumps(model.channels),
-            "hidden": str(model.num_features), "info": json.dumps(info)}
+            "hidden": str(model.num_features), "classes": str(model.head.out_features), "info": json.dumps(info)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
@@ -159,7 +190,7 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
         model = DigitCNN(tuple(json.loads(meta["image_shape"])), tuple(json.loads(meta["channels"])),
-                         int(meta["hidden"]))
+                         int(meta["hidden"]), int(meta.get("classes", 10)))   # files before "classes": 10 digits
         model.load_state_dict(tensors)
         model.info = json.loads(meta["info"])
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:

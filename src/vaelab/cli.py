@@ -119,14 +119,16 @@ def cmd_classifier(args: argparse.Namespace) -> None:
 
 
 def cmd_quality(args: argparse.Namespace) -> None:
-    from .pipeline import quality_run
-    from .run import open_run
+    from .pipeline import quality_classifier, quality_run
+    from .run import open_run, read_checkpoint
 
     check_count("--k", args.k, 1, 1000)
     check_count("--n", args.n, args.k + 1, QUALITY_N_MAX, " of samples held in memory")
     _seed("--seed", args.seed)
-    run = open_run(args.run, args.device)
+    source = read_checkpoint(args.run)[0].data.source
     check_writable_dir(args.run, "run directory")
+    quality_classifier(source, args.classifier, args.run)   # the classifier fits the run's data: before data loads
+    run = open_run(args.run, args.device)
     scores = quality_run(run, args.run, args.n, args.mode, args.prior, args.classifier, args.k, args.seed)
     print(json.dumps(scores, indent=2))
 
@@ -234,7 +236,8 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classifier", help="train the digit classifier whose features `vaelab quality` uses")
     c.add_argument("action", choices=["train"])
-    c.add_argument("--data", default="mnist", help="mnist | digits | PATH (the shipped file is --data mnist)")
+    c.add_argument("--data", default="mnist", help="the labelled data whose runs it will score: mnist | digits | "
+                   "fashion-mnist | omniglot | caltech-silhouettes | PATH (the shipped file is --data mnist)")
     c.add_argument("--epochs", type=int, default=6)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--batch-size", type=int, default=128)
@@ -250,7 +253,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--prior", choices=["normal", "gmm"],
                    help="normal: the model's own p(z) (VAE default); gmm: RUN/density.npz from `vaelab fit-density` "
                         "(autoencoder default)")
-    q.add_argument("--classifier", help="classifier weights (default: the shipped 28x28 MNIST one)")
+    q.add_argument("--classifier", help="weights from `vaelab classifier train --data SOURCE` for runs on SOURCE "
+                   "(default: the shipped MNIST one, for mnist and mnist-static runs only)")
     q.add_argument("--k", type=int, default=3, help="neighbours of the precision/recall manifolds")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")

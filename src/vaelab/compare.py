@@ -329,7 +329,8 @@ def compare(paths: list[str | Path], by: list[str] | None = None, out: str | Pat
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=str) + "\n")
         atomic_write_text(out / "compare.md", md)
-        atomic_write_text(out / "compare.html", render_html(result, tabs, settings, notes_text(result), out))
+        atomic_write_text(out / "compare.html", render_html(result, tabs, settings, notes_text(result), out,
+                                                           title(result)))
     return md
 
 

@@ -3,14 +3,28 @@ from each run's metrics.jsonl, embedded as base64 PNG so the page stands alone."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .atomic import atomic_path
 from .stats import SE_LABEL, mean_se
 
-if TYPE_CHECKING:
-    from .compare import Setting
+
+class _Run(Protocol):
+    @property
+    def history(self) -> list[dict[str, Any]]: ...
+
+
+class Setting(Protocol):
+    """What the page reads of a compare.Setting (compare.py imports this module, so not the class itself): its
+    label and its runs' metrics.jsonl rows."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def runs(self) -> Sequence[_Run]: ...
 
 CURVES = [("elbo", "ELBO (nats)"), ("kl", "KL (nats)"), ("rec", "reconstruction E_q[log p(x|z)] (nats)")]
 
@@ -62,10 +76,9 @@ def plot_curve(settings: list[Setting], metric: str, ylabel: str, path: Path) ->
 
 
 def render_html(result: dict[str, Any], tabs: dict[str, list[list[str]]], settings: list[Setting],
-                notes: dict[str, str], out: Path) -> str:
-    """The whole page, through the report's renderer (page.render_page); the curve PNGs are also left in `out`
-    (curves_METRIC.png)."""
-    from .compare import title
+                notes: dict[str, str], out: Path, title: str) -> str:
+    """The whole page titled `title`, through the report's renderer (page.render_page); the curve PNGs are also
+    left in `out` (curves_METRIC.png)."""
     from .page import figure, grid, note, render_page, table
     from .page import notes as note_list
 
@@ -85,4 +98,4 @@ def render_html(result: dict[str, Any], tabs: dict[str, list[list[str]]], settin
     if result["notes"]:
         sections.append(("Notes", [note_list(result["notes"])]))
     sections.append(("Runs", [note_list([f"{s['label']}: {', '.join(s['runs'])}" for s in result["settings"]])]))
-    return render_page(f"vaelab compare: {title(result)}", sections, intro=notes["grouping"])
+    return render_page(f"vaelab compare: {title}", sections, intro=notes["grouping"])

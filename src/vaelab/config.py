@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 import yaml.constructor
 
+from .checks import check_config, check_type
 from .errors import VaelabError
 
 
@@ -55,7 +55,7 @@ class TrainConfig:
     grad_clip: float | None = None
     steps_per_epoch: int | None = None   # cap the steps of each epoch (smoke tests); None = whole epoch
     kl_weight: dict[str, Any] = field(default_factory=dict)  # beta schedule (schedules.py); {} = 1; eval uses 1
-    compile: bool = False          # torch.compile the training step (distributed.py); first steps pay compile time
+    compile: bool = False          # torch.compile the training step (hardware.py); first steps pay compile time
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     tf32: bool = False             # CUDA only: TF32 matmuls/convolutions (10-bit mantissa); False = IEEE fp32
     autocast: str | None = None    # "bf16": encoder/decoder of training steps in bf16, log-densities in fp32
@@ -88,35 +88,6 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    """Return `value` if it fits the annotation `tp` (ints pass as floats), else raise a VaelabError."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(tp):
-            try:
-                return _check_type(value, arm, where)
-            except VaelabError:
-                pass
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    elif tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    elif origin is list and isinstance(value, list | tuple):
-        (arm,) = typing.get_args(tp)
-        return [_check_type(v, arm, where) for v in value]
-    elif origin is dict and isinstance(value, dict):
-        return dict(value)
-    elif isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise VaelabError(f"config key {where} = {value!r} is not a {getattr(tp, '__name__', tp)}: fix the value")
-
-
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from a nested dict, refusing unknown keys with a "did you mean" hint."""
     if not isinstance(values, dict):
@@ -134,7 +105,7 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, f"{where}.")
         else:
-            kwargs[key] = _check_type(value, tp, where)
+            kwargs[key] = check_type(value, tp, where)
     return cls(**kwargs)
 
 
@@ -214,7 +185,7 @@ def resolve_preset(path: str | Path) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file or shipped preset (`resolve_preset`; the defaults when `path` is None), apply overrides,
-    validate strictly (keys, types and the ranges of `checks.validate`), before anything is built or written."""
+    validate strictly (keys, types and the ranges of `checks.check_config`), before anything is built or written."""
     values: dict[str, Any] = {}
     if path is not None:
         path = resolve_preset(path)
@@ -237,7 +208,5 @@ def config_from_yaml_text(text: str, what: str = "config", fix: str = "fix it") 
 
 def validate(cfg: Config) -> Config:
     """Range-check every field (see checks.py); returns `cfg`."""
-    from .checks import check_config
-
     check_config(cfg)
     return cfg

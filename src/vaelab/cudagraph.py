@@ -13,15 +13,21 @@ captured backward allocates them from the graph's own memory pool and replays wr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from .errors import VaelabError
 
-if TYPE_CHECKING:
-    from .train import Updater
+
+class Update(Protocol):
+    """What GraphedUpdate replays (train.Updater): one optimisation step on a batch that adds the batch's metric
+    sums to the device tensor `sums` and returns nothing, so the whole call can be captured."""
+
+    sums: Tensor
+
+    def __call__(self, x: Tensor, kl_weight: float | Tensor, weight: float = 1.0) -> None: ...
 
 
 class GraphedUpdate:
@@ -32,7 +38,7 @@ class GraphedUpdate:
     captures the update and replays it. A change of learning rate (train.lr_schedule, at an epoch boundary) drops
     the graphs, which are captured anew at the new rate."""
 
-    def __init__(self, update: Updater, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
+    def __init__(self, update: Update, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
         self.update, self.optimizer, self.warmup = update, optimizer, warmup
         self.sums = update.sums                            # the metric sums the captured update adds to
         self.graphs: dict[torch.Size, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}

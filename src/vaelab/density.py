@@ -5,23 +5,16 @@ continuous code an alternative prior (ex-post density estimation, Ghosh et al. 2
 `GMMDensity` wraps scikit-learn's `GaussianMixture` (fit / score_samples / sample / bic, fitted state with a
 trailing underscore) and exports the same density as a torch `MixtureSameFamily`, so that sampling and
 importance sampling use it like any prior. It is stored as plain arrays in RUN/density.npz, never a pickle.
-
-One likelihood for all models: with the mixture as prior, the autoencoder is the latent-variable model
-p(x) = ∫ GMM(z) prod_i Bern(x_i | omega_i(z)) dz. `WithPrior` gives the trained networks that prior (a thin
-subclass sharing the modules; nothing in the checkpoint changes), and `evaluate.iw_loglik` estimates log p(x)
-with the proposal of `laplace_proposal`: a Gaussian fitted around each input's code (one Gauss-Newton step from
-it, covariance from the local curvature) widened by a factor `fit_proposal` picks on validation images, mixed
-with the GMM itself so that every importance weight stays below 1 / alpha (defensive importance sampling).
-Like the VAEs' estimate it is a stochastic lower bound on log p(x) in expectation, tightening as K grows.
+`select_components` picks K by BIC; `fit_run_density` fits a run's training codes (`vaelab fit-density`).
+The autoencoder's likelihood under the mixture is ae_likelihood.py's.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +23,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
-from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal, constraints
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from .atomic import atomic_write
 from .data import binarize
 from .errors import VaelabError
-from .evaluate import evaluate_autoencoder, iw_loglik
-from .latents import DeterministicLatent
 from .model import VAE
 from .run import DeviceData, LoadedRun, write_json
 
@@ -45,10 +36,6 @@ DENSITY_FILE = "density.npz"
 BIC_FILE = "bic.json"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 AUTO_COMPONENTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)   # K tried by `--components auto`
-DEFENSIVE_ALPHA = 0.1            # weight of the GMM itself in the proposal: importance weights stay <= 1 / alpha
-PROPOSAL_INFLATIONS = tuple(2 ** (i / 2) for i in range(-2, 7))   # Laplace proposal widening tried: 0.5 ... 8
-PROPOSAL_FIT_IMAGES = 256        # held-out (validation) images used to choose the inflation
-PROPOSAL_FIT_SAMPLES = 64        # importance samples per image while choosing it
 
 
 class GMMDensity:
@@ -217,126 +204,7 @@ def select_components(codes: np.ndarray, candidates: Iterable[int] = AUTO_COMPON
     return min(curve, key=curve.get), curve
 
 
-# ----- the mixture as a prior in torch: sampling and importance sampling --------------------------------------
-
-
-class WithPrior(VAE):
-    """The same networks (shared, not copied) with another prior p(z): log_joint, sampling and IS use it."""
-
-    def __init__(self, model: VAE, prior: Distribution) -> None:
-        super().__init__(model.encoder, model.decoder, model.latent, model.image_shape)
-        self.fitted_prior = prior          # a plain attribute: a Distribution is not a module and is not saved
-        self.train(model.training)
-
-    def prior(self) -> Distribution:
-        return self.fitted_prior
-
-
-class DefensiveMixture(Distribution):
-    """q(z) = (1 - alpha) local(z) + alpha prior(z) (defensive importance sampling, Hesterberg 1995).
-
-    `local` has batch [B] and event [D]; `prior` has event [D]. With this q every importance weight is bounded:
-    p(x, z) / q(z) <= prior(z) p(x|z) / (alpha prior(z)) = p(x|z) / alpha <= 1 / alpha.
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-
-    def __init__(self, local: Distribution, prior: Distribution, alpha: float = DEFENSIVE_ALPHA) -> None:
-        if not 0.0 < alpha < 1.0:
-            raise VaelabError(f"defensive weight alpha={alpha} must lie strictly between 0 and 1")
-        self.local, self.prior, self.alpha = local, prior, alpha
-        super().__init__(local.batch_shape, local.event_shape, validate_args=False)
-
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        z_local = self.local.sample(sample_shape)                                      # [*S, B, D]
-        z_prior = self.prior.sample(shape)                                             # [*S, B, D]
-        from_prior = torch.rand(shape, device=z_local.device) < self.alpha             # [*S, B]
-        return torch.where(from_prior[..., None], z_prior.to(z_local), z_local)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        return torch.logaddexp(math.log1p(-self.alpha) + self.local.log_prob(z),
-                               math.log(self.alpha) + self.prior.log_prob(z))          # [*S, B]
-
-
-@torch.no_grad()
-def laplace_precision(model: VAE, z: Tensor) -> Tensor:
-    """-Hessian of log p(x, z) = log GMM(z) + log p(x|z) at z [B, D], in the Gauss-Newton form: [B, D, D].
-
-    Likelihood part: J^T diag(omega (1 - omega)) J with J the Jacobian of the decoder's logits (the Bernoulli
-    Fisher; exact for piecewise-linear ReLU decoders, positive semi-definite for any). Prior part: the component
-    precisions of `model.prior()` (a Gaussian mixture) weighted by their responsibility for z (positive definite).
-    """
-    prior = model.prior()
-    comp = prior.component_distribution
-    with warnings.catch_warnings():   # torch 2.13's forward-mode AD loads decompositions via deprecated jit.script
-        warnings.filterwarnings("ignore", message=".*torch.jit.script", category=DeprecationWarning)
-        jac = torch.func.vmap(torch.func.jacfwd(model.decoder))(z)                      # [B, P, D]
-    probs = model.decode_probs(z)                                                      # [B, P]
-    fisher = torch.einsum("bpd,bp,bpe->bde", jac, probs * (1 - probs), jac)             # [B, D, D]
-    resp = torch.softmax(prior.mixture_distribution.logits + comp.log_prob(z[:, None]), -1)   # [B, K]
-    return fisher + torch.einsum("bk,kde->bde", resp, comp.precision_matrix)
-
-
-@torch.no_grad()
-def laplace_fit(model: VAE, x: Tensor, newton_steps: int = 1) -> tuple[Tensor, Tensor]:
-    """Gaussian approximation of p(z|x) ∝ GMM(z) p(x|z) for x [B, P]: from the encoder's code, `newton_steps`
-    Gauss-Newton steps towards the posterior mode, then the precision there. Returns (loc [B, D], precision)."""
-    z = model.posterior(x).mean                                                        # [B, D]
-    for _ in range(newton_steps):
-        grad = torch.func.grad(lambda v: model.log_joint(x, v).sum())(z)               # [B, D]; rows independent
-        z = z + torch.linalg.solve(laplace_precision(model, z), grad)                  # [B, D]
-    return z, laplace_precision(model, z)
-
-
-def covariance_cholesky(precision: Tensor, floor: float = 1e-8) -> Tensor:
-    """Cholesky factor of precision^-1 [B, D, D], computed in float64 from the symmetrised eigen-decomposition with
-    eigenvalues floored at `floor` x the largest, so it stays valid when float32 rounding (a sum of many mixture
-    precisions, say) leaves `precision` a hair off positive definite. Returned in `precision`'s dtype."""
-    p64 = precision.double()
-    evals, evecs = torch.linalg.eigh(0.5 * (p64 + p64.transpose(-1, -2)))            # [B, D], [B, D, D]
-    evals = evals.clamp(min=floor * evals.amax(-1, keepdim=True).clamp(min=1e-300))
-    covariance = (evecs / evals[..., None, :]) @ evecs.transpose(-1, -2)              # [B, D, D]
-    return torch.linalg.cholesky(covariance).to(precision.dtype)
-
-
-def laplace_proposal(model: VAE, inflation: float = 1.0, alpha: float = DEFENSIVE_ALPHA,
-                     newton_steps: int = 1) -> Callable[[Tensor], Distribution]:
-    """x -> (1 - alpha) N(z; m(x), inflation^2 H(x)^-1) + alpha GMM(z), with (m, H) from `laplace_fit`.
-
-    A Gaussian fitted around each input's code (one Newton step from it, with the posterior's local shape),
-    widened by `inflation` and made defensive by the mixture itself (see DefensiveMixture). `model.prior()`
-    must be the fitted mixture (see WithPrior).
-    """
-    def proposal(x: Tensor) -> Distribution:
-        loc, precision = laplace_fit(model, x, newton_steps)                           # [B, D], [B, D, D]
-        local = MultivariateNormal(loc, scale_tril=inflation * covariance_cholesky(precision))
-        return DefensiveMixture(local, model.prior(), alpha)
-
-    return proposal
-
-
-def fit_proposal(model: VAE, x: Tensor, inflations: Sequence[float] = PROPOSAL_INFLATIONS,
-                 k: int = PROPOSAL_FIT_SAMPLES, alpha: float = DEFENSIVE_ALPHA,
-                 seed: int = 0) -> tuple[Callable[[Tensor], Distribution], float, dict[float, float]]:
-    """Choose the Laplace proposal's inflation by the mean IS estimate on held-out images x [B, P].
-
-    `model.prior()` must be the mixture (see WithPrior). Any inflation gives a valid estimator; since the estimate
-    is a lower bound in expectation, the largest is the tightest. Returns (proposal, inflation, {inflation: mean}).
-    """
-    devices = [x.device] if x.device.type == "cuda" else []
-    curve = {}
-    for inflation in inflations:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            proposal = laplace_proposal(model, inflation, alpha)
-            curve[inflation] = iw_loglik(model, x, k, batch_size=len(x), proposal=proposal).mean().item()
-    best = max(curve, key=curve.get)
-    return laplace_proposal(model, best, alpha), best, curve
-
-
-# ----- run directories: the codes of a run, its stored density, and the prior for `vaelab sample` -------------
+# ----- run directories: the codes of a run and its stored density -----------------------------------------
 
 
 def encode(model: VAE, x: Tensor, batch_size: int = 1000) -> np.ndarray:
@@ -387,39 +255,6 @@ def parse_components(text: str) -> int | str:
     if k < 1:
         raise VaelabError(f"--components {text!r} is neither a positive integer nor auto: e.g. --components 20")
     return k
-
-
-def sampling_prior(run: LoadedRun, run_dir: str | Path, choice: str | None) -> tuple[Distribution, str, str]:
-    """(p(z), choice, label) for `vaelab sample --prior`: normal = the model's own prior (default for VAEs),
-    gmm = the fitted mixture (default for autoencoders, which have no prior of their own)."""
-    is_ae = isinstance(run.model.latent, DeterministicLatent)
-    choice = choice or ("gmm" if is_ae else "normal")
-    if choice == "normal":
-        if is_ae:
-            raise VaelabError("an autoencoder has no prior of its own: use --prior gmm after "
-                              f"`vaelab fit-density {run_dir}`")
-        return run.model.prior(), choice, "prior p(z)"
-    if choice != "gmm":
-        raise VaelabError(f"unknown prior {choice!r}: choose normal or gmm")
-    density = load_run_density(run_dir)
-    return density.to_torch(run.device), choice, f"GMM (K={density.n_components}, {density.covariance_type})"
-
-
-def evaluate_autoencoder_run(run: LoadedRun, run_dir: str | Path, iw_samples: int,
-                             progress: bool = False, seed: int = 0) -> dict:
-    """`vaelab evaluate` for an autoencoder: test `rec` and `iw_loglik` = log p(x) under the fitted mixture, by
-    importance sampling from `laplace_proposal`, its inflation chosen on validation images (never test ones).
-    Like the VAEs' `iw_loglik`, a stochastic lower bound on log p(x) in expectation."""
-    if iw_samples <= 0:
-        return evaluate_autoencoder(run.model, run.data.x_test, None, 0, run.cfg.eval.batch_size)
-    density = load_run_density(run_dir)
-    model = WithPrior(run.model, density.to_torch(run.device))
-    proposal, inflation, _ = fit_proposal(model, run.data.x_valid[:PROPOSAL_FIT_IMAGES], seed=seed)
-    torch.manual_seed(seed)
-    metrics = evaluate_autoencoder(model, run.data.x_test, proposal, iw_samples, run.cfg.eval.batch_size, progress)
-    return metrics | {"prior": "gmm", "gmm_components": density.n_components,
-                      "gmm_covariance": density.covariance_type, "proposal": "laplace+gmm",
-                      "proposal_alpha": DEFENSIVE_ALPHA, "proposal_inflation": inflation}
 
 
 def json_summary(density: GMMDensity, codes: np.ndarray, curve: dict[int, float] | None) -> str:

@@ -1,5 +1,5 @@
-"""How a training step meets the hardware: one process or many (torchrun + DistributedDataParallel), eager or
-`torch.compile`d, fp32, TF32 or bf16 autocast.
+"""One process or many: torchrun's process group, sharding of batches and test images across the ranks, and the
+training step wrapped in DistributedDataParallel (device, autocast, compile and TF32 are hardware.py's).
 
 Under `torchrun --nproc_per_node N -m vaelab train CONFIG` every rank holds the whole data set, draws the same
 epoch permutation from the shared seeded generator, and takes its slice of each global batch of B images (rank r
@@ -33,10 +33,9 @@ from torch import Tensor, nn
 
 from .errors import VaelabError
 from .estimators import Estimate, Estimator
+from .hardware import autocast_twin, compile_step
 from .model import VAE
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMEOUT_ENV = "VAELAB_DIST_TIMEOUT_S"   # seconds a collective waits for a stalled rank (default 600)
 
 
@@ -175,45 +174,6 @@ def seed_sampling(seed: int, ctx: Context, *keys: int) -> None:
         torch.manual_seed(rank_seed(seed, ctx, *keys))
 
 
-def check_options(compile: bool, autocast: str | None, device: torch.device, compile_mode: str = "default") -> None:
-    """Refuse train.compile / train.autocast settings this machine cannot run, before a run directory is made."""
-    if compile_mode not in COMPILE_MODES:
-        raise VaelabError(f"train.compile_mode = {compile_mode!r} is not a torch.compile mode: use one of "
-                          + ", ".join(COMPILE_MODES))
-    if autocast is not None and autocast not in AUTOCAST_DTYPES:
-        raise VaelabError(f"train.autocast = {autocast!r} is not supported: use bf16, or null for fp32")
-    if autocast == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise VaelabError("train.autocast = bf16 but this GPU has no bfloat16 support: set train.autocast=null")
-    if compile and not hasattr(torch, "compile"):
-        raise VaelabError("train.compile needs torch.compile (PyTorch >= 2.0): upgrade torch or drop --compile")
-
-
-class AutocastNet(nn.Module):
-    """A network run under autocast(dtype) whose output is handed on in fp32: the log-densities, their sums over
-    pixels and latents, and the KL are then computed in fp32 from the bf16-rounded network outputs."""
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.net, self.dtype = net, dtype
-
-    def forward(self, x: Tensor) -> Tensor:
-        # no cache of bf16 weight copies: each network runs once per step, and a CUDA graph cannot hold the cache
-        with torch.autocast(x.device.type, dtype=self.dtype, cache_enabled=False):
-            out = self.net(x)
-        return out.float()
-
-
-def autocast_twin(model: VAE, autocast: str | None, encoder: bool = True) -> VAE:
-    """`model` itself when `autocast` is None, else a twin sharing its modules (so its parameters) whose decoder,
-    and encoder unless `encoder=False`, run under autocast with fp32 outputs (AutocastNet)."""
-    check_options(False, autocast, torch.device("cpu"))
-    if autocast is None:
-        return model
-    dtype = AUTOCAST_DTYPES[autocast]
-    enc = AutocastNet(model.encoder, dtype) if encoder else model.encoder
-    return type(model)(enc, AutocastNet(model.decoder, dtype), model.latent, model.image_shape)
-
-
 class TrainStep(nn.Module):
     """The model and its estimator as one module, so DDP and torch.compile see every trained parameter (the
     estimator's control networks too) and buffer. `forward(x, kl_weight)` returns the estimator's Estimate.
@@ -262,44 +222,6 @@ def make_step(model: VAE, estimator: Estimator, ctx: Context, probe: Tensor, com
     return step
 
 
-def compile_step(step: nn.Module, mode: str = "default") -> Callable[[Tensor, float | Tensor], Estimate]:
-    """torch.compile of the step's forward (and, through AOTAutograd, its backward); the optimizer stays eager.
-
-    The KL weight reaches the compiled code as a device scalar: torch.compile specialises on Python floats, so a
-    KL warm-up schedule would otherwise recompile at every step and, past dynamo's recompile limit, run eagerly.
-    mode="reduce-overhead" replays the compiled forward and backward as CUDA graphs (on CUDA; elsewhere it is the
-    default mode); each call then marks a new training iteration, so the graphs' output buffers are reused safely."""
-    check_options(True, None, torch.device("cpu"), mode)
-    compiled = torch.compile(step, dynamic=False, mode=None if mode == "default" else mode)
-    graphs = mode in ("reduce-overhead", "max-autotune")
-    scalars: dict[torch.device, Tensor] = {}
-
-    def run(x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
-        if not isinstance(kl_weight, Tensor):
-            kl_weight = scalars.setdefault(x.device, torch.zeros((), device=x.device)).fill_(kl_weight)
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        return compiled(x, kl_weight)
-    return run
-
-
-@contextlib.contextmanager
-def matmul_precision(tf32: bool, device: torch.device) -> Iterator[None]:
-    """CUDA fp32 matmuls and cuDNN convolutions in TF32 (10-bit mantissa) when `tf32`, else full IEEE fp32 (also
-    for convolutions, which PyTorch otherwise runs in TF32 by default); the previous settings come back after.
-    Nothing changes on the CPU."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    before = matmul.fp32_precision, conv.fp32_precision
-    matmul.fp32_precision = conv.fp32_precision = "tf32" if tf32 else "ieee"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision, conv.fp32_precision = before
-
-
 def gather_rows(values: dict[str, Tensor], total: int, ctx: Context) -> dict[str, Tensor]:
     """Concatenate each rank's per-example [n_r] tensors (rank order = the order of `tensor_split` shards) into
     [total] tensors on every rank; all_gather needs equal sizes, so shards are padded to the largest and trimmed."""
@@ -314,19 +236,3 @@ def gather_rows(values: dict[str, Tensor], total: int, ctx: Context) -> dict[str
         dist.all_gather(parts, padded)
         out[name] = torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])   # [total]
     return out
-
-
-def evaluate_sharded(model: VAE, x: Tensor, iw_samples: int, batch_size: int, exact: bool, seed: int,
-                     ctx: Context, progress: bool = False) -> dict[str, Any] | None:
-    """`evaluate_model` (plus `exact_loglik` when asked) with the test images split across the ranks, each rank
-    drawing its own importance samples; rank 0 gets the summary of all images, the other ranks None."""
-    from .evaluate import per_example_metrics, summarize
-
-    seed_sampling(seed, ctx, 1 << 20)                      # a stream no training epoch uses
-    part = x.tensor_split(ctx.world_size)[ctx.rank]        # [n_r, P]
-    per_example = per_example_metrics(model, part, iw_samples, batch_size, progress and ctx.is_main, exact)
-    gathered = gather_rows(per_example, len(x), ctx)
-    if not ctx.is_main:
-        return None
-    return summarize(gathered) | {"iw_samples": iw_samples, "n_examples": len(x), "processes": ctx.world_size}
-

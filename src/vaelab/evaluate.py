@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from .distributed import Context, gather_rows, seed_sampling
+from .exact import exact_loglik
+from .hardware import chunk_rows
 from .latents import PointMass
 from .model import VAE
-
-# Rows (samples x images) decoded at once, per device type; bounds memory whatever K is (~rows * P floats). On a
-# CPU ~2k rows keep each tensor at a few MB, in cache: measured 3x faster than 32k rows. On an H200, K = 5000 over
-# the 10,000 test images took 3.27 s with 16k rows, 1.84 s with 64k and 1.56 s with 256k (benchmarks/RESULTS.md),
-# so a GPU takes up to 256k rows, fewer where a quarter of its free memory would not hold them.
-ROWS_PER_CHUNK = {"cpu": 2048, "cuda": 1 << 18}
-BYTES_PER_PIXEL_ROW = 64   # ~16 fp32 temporaries per decoded pixel: logits, log-density terms, their sums
-
-
-def chunk_rows(device: torch.device, pixels: int = 784) -> int:
-    """How many decoded rows (samples x images) of `pixels` pixels one chunk holds on `device`."""
-    rows = ROWS_PER_CHUNK.get(device.type, ROWS_PER_CHUNK["cpu"])
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        rows = min(rows, max(1024, free // 4 // (pixels * BYTES_PER_PIXEL_ROW)))
-    return rows
 
 
 @torch.no_grad()
@@ -53,8 +41,8 @@ def iw_loglik_terms(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500,
     Var[log mean_k w_k] ~= Var[w] / (K E[w]^2), estimated as (mean(w^2) / mean(w)^2 - 1) / (K - 1).
 
     The estimate is a stochastic lower bound on log p(x) in expectation that tightens as K grows. Samples are
-    drawn in chunks of at most ROWS_PER_CHUNK decoded rows and combined with log-sum-exps in at least float32, so
-    memory is bounded. `proposal` replaces q(z|x) (an autoencoder's fitted proposal, say)."""
+    drawn in chunks of at most hardware.ROWS_PER_CHUNK decoded rows and combined with log-sum-exps in at least
+    float32, so memory is bounded. `proposal` replaces q(z|x) (an autoencoder's fitted proposal, say)."""
     proposal = proposal or model.posterior
     logliks, mc_vars = [], []
     for xb in tqdm(x.split(batch_size), desc=f"IW log-likelihood K={k}", disable=not progress, leave=False):
@@ -100,22 +88,6 @@ def summarize(per_example: dict[str, Tensor]) -> dict[str, float]:
     return out
 
 
-@torch.no_grad()
-def evaluate_autoencoder(model: VAE, x: Tensor, proposal: Callable[[Tensor], Distribution] | None,
-                         iw_samples: int = 5000, batch_size: int = 500,
-                         progress: bool = False) -> dict[str, float | None]:
-    """An autoencoder whose `prior()` is a fitted density (density.WithPrior): `rec` = log p(x|z(x)) at its code
-    (seed eq. 12) and `iw_loglik` = log p(x) by importance sampling from `proposal`, the VAEs' field, likewise a
-    stochastic lower bound in expectation (`proposal` is needed when iw_samples > 0: density.fit_proposal).
-    An AE has no ELBO or KL: both are reported as None (JSON null)."""
-    rec = torch.cat([model.likelihood(model.posterior(xb).mean).log_prob(xb) for xb in x.split(batch_size)])  # [N]
-    per_example = {"rec": rec}
-    if iw_samples > 0:
-        per_example["iw_loglik"], per_example["iw_loglik_mc_var"] = iw_loglik_terms(
-            model, x, iw_samples, batch_size, progress, proposal)
-    return {"elbo": None, "kl": None} | summarize(per_example) | {"iw_samples": iw_samples, "n_examples": len(x)}
-
-
 def per_example_metrics(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: int = 500,
                         progress: bool = False, exact: bool = False) -> dict[str, Tensor]:
     """Per-example test terms [N]: elbo, rec, kl; iw_loglik and its Monte Carlo variance iw_loglik_mc_var when
@@ -126,8 +98,6 @@ def per_example_metrics(model: VAE, x: Tensor, iw_samples: int = 5000, batch_siz
         per_example["iw_loglik"], per_example["iw_loglik_mc_var"] = iw_loglik_terms(
             model, x, iw_samples, batch_size, progress)
     if exact:
-        from .exact import exact_loglik  # exact.py imports this module
-
         per_example["exact_loglik"] = exact_loglik(model, x, batch_size, progress=progress)
     return per_example
 
@@ -138,3 +108,16 @@ def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 5000, batch_size: in
     the exact log p(x), in nats: means and standard errors of `per_example_metrics`."""
     per_example = per_example_metrics(model, x, iw_samples, batch_size, progress, exact)
     return summarize(per_example) | {"iw_samples": iw_samples, "n_examples": len(x)}
+
+
+def evaluate_sharded(model: VAE, x: Tensor, iw_samples: int, batch_size: int, exact: bool, seed: int,
+                     ctx: Context, progress: bool = False) -> dict[str, Any] | None:
+    """`evaluate_model` (plus `exact_loglik` when asked) with the test images split across the ranks, each rank
+    drawing its own importance samples; rank 0 gets the summary of all images, the other ranks None."""
+    seed_sampling(seed, ctx, 1 << 20)                      # a stream no training epoch uses
+    part = x.tensor_split(ctx.world_size)[ctx.rank]        # [n_r, P]
+    per_example = per_example_metrics(model, part, iw_samples, batch_size, progress and ctx.is_main, exact)
+    gathered = gather_rows(per_example, len(x), ctx)
+    if not ctx.is_main:
+        return None
+    return summarize(gathered) | {"iw_samples": iw_samples, "n_examples": len(x), "processes": ctx.world_size}

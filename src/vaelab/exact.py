@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import VaelabError
-from .evaluate import chunk_rows
+from .hardware import chunk_rows
 from .latents import BernoulliLatent
 from .model import VAE
 

@@ -2,7 +2,8 @@
 as many samples of the fitted mixture (Figure 8) under the mixture's log-density contours and component ellipses,
 on the same axes; the codes next to the samples as scatter and 2-D histogram. Codes of more than two dimensions
 are shown on their first two principal components (the mixture samples on the same projection, without contours).
-Also the 2-D views (PCA, t-SNE) of higher-dimensional codes coloured by digit used by the report."""
+Also the 2-D views (PCA, t-SNE) of higher-dimensional codes coloured by digit used by the report. Data without
+labels (every label NO_LABEL = -1) is drawn in one colour, without a legend."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import LogNorm, to_rgba  # noqa: E402
 from matplotlib.contour import ContourSet  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
+from .data import NO_LABEL, known_labels  # noqa: E402
 from .density import GMMDensity  # noqa: E402
 from .errors import VaelabError  # noqa: E402
 from .plots import save_figure  # noqa: E402
@@ -26,6 +28,8 @@ from .plots import save_figure  # noqa: E402
 FIGURE_POINTS = 20_000   # codes and mixture samples per panel of Figures 7 and 8, as in the seed
 ELLIPSE_MASS = 0.95      # each component's ellipse holds this much of its Gaussian's mass
 CODE_MASS = (0.99, 0.95, 0.75, 0.5, 0.25)   # contour levels: the regions {log p > level} hold these shares of codes
+UNLABELED_COLOR = "C0"   # every point of a data set without labels
+NO_LABEL_COLOR = "0.6"   # a point without a label in a labelled set
 
 
 def project_2d(codes: np.ndarray, *others: np.ndarray) -> tuple[list[np.ndarray], tuple[str, str], str]:
@@ -46,31 +50,42 @@ def _label_axes(ax: plt.Axes, labels: tuple[str, str]) -> None:
     ax.set_ylabel(labels[1])
 
 
-def scatter_digits(ax: plt.Axes, xy: np.ndarray, labels: np.ndarray, legend: bool = True,
+def scatter_digits(ax: plt.Axes, xy: np.ndarray, labels: np.ndarray | None, legend: bool = True,
                    size: float | None = None, alpha: float = 0.6) -> None:
     """Points [N, 2] coloured by digit label in random drawing order (no digit hides the rest), with a legend of
-    the digits to the right of the axes."""
-    labels = np.asarray(labels)
-    if labels.shape != (len(xy),):
+    the digits to the right of the axes. Without labels (None, or all NO_LABEL: unlabeled data) every point has
+    one colour and there is no legend; single images without a label (NO_LABEL) are grey."""
+    labels = known_labels(labels)
+    if labels is not None and labels.shape != (len(xy),):
         raise VaelabError(f"{len(labels)} labels for {len(xy)} codes: give one digit label per code")
     cmap = plt.get_cmap("tab10")
     order = np.random.default_rng(0).permutation(len(xy))
     size = size if size is not None else float(np.clip(4000 / len(xy), 0.5, 12))
-    ax.scatter(xy[order, 0], xy[order, 1], s=size, c=cmap(labels[order].astype(int) % 10), alpha=alpha,
-               linewidths=0, rasterized=True)
-    if legend:
-        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(int(d) % 10), label=str(d))
-                   for d in np.unique(labels)]
+    if labels is None:
+        colors = UNLABELED_COLOR
+    else:
+        colors = cmap(labels[order] % 10)
+        colors[labels[order] == NO_LABEL] = to_rgba(NO_LABEL_COLOR)
+    ax.scatter(xy[order, 0], xy[order, 1], s=size, c=colors, alpha=alpha, linewidths=0, rasterized=True)
+    if legend and labels is not None:
+        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(int(d) % 10) if d != NO_LABEL else
+                          NO_LABEL_COLOR, label=str(d) if d != NO_LABEL else "none") for d in np.unique(labels)]
         ax.legend(handles=handles, title="digit", loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8)
 
 
-def plot_codes(codes: np.ndarray, labels: np.ndarray, path: str | Path, title: str | None = None) -> Path:
-    """Scatter of the codes coloured by digit, with a legend of the ten digits (seed Figure 6)."""
+def coloured_by(labels: np.ndarray | None) -> str:
+    """How scatter_digits colours these points, for a title: "coloured by digit" or "no labels: one colour"."""
+    return "coloured by digit" if known_labels(labels) is not None else "no labels: one colour"
+
+
+def plot_codes(codes: np.ndarray, labels: np.ndarray | None, path: str | Path, title: str | None = None) -> Path:
+    """Scatter of the codes coloured by digit, with a legend of the ten digits (seed Figure 6); one colour
+    without labels."""
     (xy,), axis_labels, note = project_2d(codes)
     fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=110)
     scatter_digits(ax, xy, labels)
     _label_axes(ax, axis_labels)
-    ax.set_title(title or f"Codes of {len(xy):,} training images, coloured by digit{note}", fontsize=10)
+    ax.set_title(title or f"Codes of {len(xy):,} training images, {coloured_by(labels)}{note}", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -159,7 +174,7 @@ def plot_codes_vs_gmm(codes: np.ndarray, gmm_samples: np.ndarray, path: str | Pa
     return save_figure(fig, path)
 
 
-def write_latent_figures(run_dir: str | Path, codes: np.ndarray, labels: np.ndarray, density: GMMDensity,
+def write_latent_figures(run_dir: str | Path, codes: np.ndarray, labels: np.ndarray | None, density: GMMDensity,
                          seed: int = 0, n_points: int = FIGURE_POINTS) -> list[Path]:
     """RUN/fig/latent_codes.png (every code, Figure 6), latent_codes_vs_gmm.png (n_points codes and as many
     mixture samples, scatter and histogram) and, for 2-D codes, latent_gmm_codes.png and latent_gmm_samples.png
@@ -181,9 +196,9 @@ def write_latent_figures(run_dir: str | Path, codes: np.ndarray, labels: np.ndar
 
 
 def plot_embeddings(panels: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
-    """Codes of several models in 2-D, one column per model: PCA (top) and t-SNE (bottom), coloured by digit.
-    `panels` maps a model title to {"pca": [N, 2], "pca_labels": [N], "pca_var": [2], "tsne": [M, 2],
-    "tsne_labels": [M], "dim": D}."""
+    """Codes of several models in 2-D, one column per model: PCA (top) and t-SNE (bottom), coloured by digit (one
+    colour for unlabeled data: labels all NO_LABEL). `panels` maps a model title to {"pca": [N, 2], "pca_labels":
+    [N], "pca_var": [2], "tsne": [M, 2], "tsne_labels": [M], "dim": D}."""
     cols = len(panels)
     fig, axes = plt.subplots(2, cols, figsize=(4.3 * cols + 0.8, 8.2), dpi=100, squeeze=False, layout="constrained")
     for col, (title, p) in enumerate(panels.items()):

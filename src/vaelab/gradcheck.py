@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import VaelabError
-from .estimators import RLOO, Estimator
+from .estimators import Estimator
 from .exact import code_chunks, exact_iw_bound, exact_kl, expected_reconstruction
 from .model import VAE
+from .score_function import RLOO
 
 EXACT_MAX_DIM = 16
 
@@ -208,7 +209,8 @@ def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None 
     from .config import load_config
     from .data import binarize
     from .estimators import build_estimator
-    from .run import build, open_run, prepare_data, resolve_device
+    from .hardware import resolve_device
+    from .run import build, open_run, prepare_data
 
     path = Path(source)
     if path.is_dir():

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .atomic import atomic_path, atomic_write_text
 from .density import GMMDensity
-from .figures_latent import axis_limits, code_levels, draw_gmm, scatter_digits
+from .figures_latent import axis_limits, code_levels, coloured_by, draw_gmm, scatter_digits
 from .model import VAE
 from .page import data_url
 from .plots import plt
@@ -86,10 +86,10 @@ def decode_sprite(model: VAE, lims: list[tuple[float, float]], n: int = GRID) ->
     return np.round(tiles * 255).astype(np.uint8)
 
 
-def plot_plane(codes: np.ndarray, labels: np.ndarray, lims: list[tuple[float, float]], density: GMMDensity | None,
-               path: Path) -> list[float]:
-    """The code plane (codes by digit, the mixture's contours and ellipses when given) with its axes at a fixed
-    place; returns that place as fractions of the image [left, top, width, height]."""
+def plot_plane(codes: np.ndarray, labels: np.ndarray | None, lims: list[tuple[float, float]],
+               density: GMMDensity | None, path: Path) -> list[float]:
+    """The code plane (codes by digit, one colour without labels; the mixture's contours and ellipses when given)
+    with its axes at a fixed place; returns that place as fractions of the image [left, top, width, height]."""
     fig = plt.figure(figsize=(7.4, 6.0), dpi=100)
     ax = fig.add_axes((0.1, 0.09, 0.75, 0.84))
     scatter_digits(ax, codes, labels, size=float(np.clip(8000 / len(codes), 0.5, 8)), alpha=0.5)
@@ -99,8 +99,8 @@ def plot_plane(codes: np.ndarray, labels: np.ndarray, lims: list[tuple[float, fl
     ax.set_ylim(lims[1])
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
-    ax.set_title(f"{len(codes):,} training codes by digit" + ("; contours: the mixture's log-density"
-                                                               if density is not None else ""), fontsize=10)
+    ax.set_title(f"{len(codes):,} training codes, {coloured_by(labels)}" + (
+        "; contours: the mixture's log-density" if density is not None else ""), fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=fig.dpi, format="png")   # no tight bounding box: the axes stay where they were put
     plt.close(fig)
@@ -108,12 +108,14 @@ def plot_plane(codes: np.ndarray, labels: np.ndarray, lims: list[tuple[float, fl
     return [pos.x0, 1 - pos.y1, pos.width, pos.height]
 
 
-def write_latent_map(model: VAE, codes: np.ndarray, labels: np.ndarray, density: GMMDensity | None,
+def write_latent_map(model: VAE, codes: np.ndarray, labels: np.ndarray | None, density: GMMDensity | None,
                      fig_dir: Path, n: int = GRID, seed: int = 0) -> Path:
-    """RUN/fig/latent_map_{plane,sprite}.png and latent_map.json for a model with 2-D codes [N, 2]."""
+    """RUN/fig/latent_map_{plane,sprite}.png and latent_map.json for a model with 2-D codes [N, 2] (labels None or
+    all NO_LABEL: the codes in one colour)."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     pick = np.random.default_rng(seed).permutation(len(codes))[:MAP_POINTS]
-    codes, labels = np.asarray(codes, np.float64)[pick], np.asarray(labels)[pick]
+    codes = np.asarray(codes, np.float64)[pick]
+    labels = None if labels is None else np.asarray(labels)[pick]
     lims = [tuple(map(float, lim)) for lim in axis_limits(codes)]
     box = plot_plane(codes, labels, lims, density, fig_dir / PLANE)
     with atomic_path(fig_dir / SPRITE) as tmp:

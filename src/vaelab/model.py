@@ -3,12 +3,13 @@ reduces or picks an objective; estimators and evaluators decide how to combine t
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent
 
-from .config import ModelConfig
 from .errors import VaelabError
 from .latents import LATENTS, LatentFamily
 from .nets import NETS
@@ -77,7 +78,21 @@ class Demean(nn.Module):
         return x - self.mean
 
 
-def build_model(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, int],
+class ModelSpec(Protocol):
+    """What `build_model` reads: the fields of config.ModelConfig (config.py validates against the registries, so
+    it sits above this module and is not imported here)."""
+
+    latent: str
+    latent_dim: int
+    nets: str
+    hidden: list[int]
+    activation: str
+    decoder_bias: str
+    demean_input: bool
+    latent_kwargs: dict[str, Any]
+
+
+def build_model(cfg: ModelSpec, data_dim: int, image_shape: tuple[int, int],
                 train_mean: Tensor | None = None) -> VAE:
     """Assemble networks and latent family from the config; optionally set the output bias to logit(mean image)
     (clipped to [0.001, 0.999], as the DisARM reference code) and subtract the mean image from the encoder's input."""

@@ -57,8 +57,8 @@ def check_npz(path: Path, names: tuple[str, ...] | None = None) -> None:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic == np.lib.format.MAGIC_PREFIX:
-        raise ValueError("it is a single .npy array renamed .npz: save x_train, y_train, x_test, y_test "
-                         "together with numpy.savez")
+        raise ValueError("it is a single .npy array renamed .npz: save x_train and x_test (with labels y_train "
+                         "and y_test, if any) together with numpy.savez")
     if magic[:4] not in ZIP_MAGIC:
         raise ValueError("it is not a zip archive of arrays: save it with numpy.savez")
     with zipfile.ZipFile(path) as zf:

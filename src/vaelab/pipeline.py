@@ -1,4 +1,5 @@
-"""Run-level steps shared by the CLI and `vaelab reproduce`: evaluate, draw a sample grid, score sample quality.
+"""Run-level steps shared by the CLI, the Python API and `vaelab reproduce`: evaluate, draw a sample grid, score
+sample quality, and the prior they sample from.
 
 Each takes an opened run (`run.open_run`) and its directory, and merges what it measures into RUN/eval.json.
 """
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.distributions import Distribution
 
+from .errors import VaelabError
 from .latents import DeterministicLatent
 from .run import LoadedRun, write_json
 
@@ -40,8 +43,7 @@ def merge_eval(run_dir: str | Path, values: dict[str, Any], keep: tuple[str, ...
 
 def describe(run: LoadedRun) -> dict[str, Any]:
     """What an evaluation describes: config, model, estimator, training length, data, code version."""
-    from . import __version__
-    from .provenance import git_commit
+    from .provenance import __version__, git_commit
 
     cfg, history = run.cfg, run.state.get("history", [])
     return {"config_name": cfg.name, "latent": cfg.model.latent, "estimator": cfg.estimator.name,
@@ -65,7 +67,7 @@ def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = N
     bf16 autocast while the encoder, the log-densities and their sums stay fp32; eval.json records it as
     "decoder_autocast". Under torchrun (`ctx` from distributed.setup) a VAE's test images are split across the ranks
     and rank 0 writes the one result; an autoencoder is evaluated by rank 0 alone. Ranks other than 0 return {}."""
-    from .distributed import autocast_twin, matmul_precision
+    from .hardware import autocast_twin, matmul_precision
 
     run = dataclasses.replace(run, model=autocast_twin(run.model, autocast, encoder=False))
     torch.manual_seed(run.cfg.train.seed)          # the same importance samples on every call (ranks reseed)
@@ -79,18 +81,15 @@ def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = N
 
 def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, exact: bool, progress: bool,
                   ctx: Context | None) -> dict[str, Any]:
-    from .evaluate import evaluate_model
+    from .evaluate import evaluate_model, evaluate_sharded
 
     k = run.cfg.eval.iw_samples if iw_samples is None else iw_samples
     if ctx is not None and ctx.distributed and not is_autoencoder(run):
-        from .distributed import evaluate_sharded
-
         return evaluate_sharded(run.model, run.data.x_test, k, run.cfg.eval.batch_size, exact, run.cfg.train.seed,
                                 ctx, progress) or {}
     if ctx is not None and not ctx.is_main:
         return {}
     if is_autoencoder(run):
-        from .density import evaluate_autoencoder_run
         from .exact import check_enumerable
 
         if exact:
@@ -99,11 +98,48 @@ def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, e
     return evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress, exact)
 
 
+def sampling_prior(run: LoadedRun, run_dir: str | Path, choice: str | None) -> tuple[Distribution, str, str]:
+    """(p(z), choice, label) for `vaelab sample --prior`: normal = the model's own prior (default for VAEs),
+    gmm = the fitted mixture (default for autoencoders, which have no prior of their own)."""
+    from .density import load_run_density
+
+    is_ae = is_autoencoder(run)
+    choice = choice or ("gmm" if is_ae else "normal")
+    if choice == "normal":
+        if is_ae:
+            raise VaelabError("an autoencoder has no prior of its own: use --prior gmm after "
+                              f"`vaelab fit-density {run_dir}`")
+        return run.model.prior(), choice, "prior p(z)"
+    if choice != "gmm":
+        raise VaelabError(f"unknown prior {choice!r}: choose normal or gmm")
+    density = load_run_density(run_dir)
+    return density.to_torch(run.device), choice, f"GMM (K={density.n_components}, {density.covariance_type})"
+
+
+def evaluate_autoencoder_run(run: LoadedRun, run_dir: str | Path, iw_samples: int,
+                             progress: bool = False, seed: int = 0) -> dict:
+    """`vaelab evaluate` for an autoencoder: test `rec` and `iw_loglik` = log p(x) under the fitted mixture, by
+    importance sampling from `ae_likelihood.laplace_proposal`, its inflation chosen on validation images (never
+    test ones). Like the VAEs' `iw_loglik`, a stochastic lower bound on log p(x) in expectation."""
+    from .ae_likelihood import DEFENSIVE_ALPHA, PROPOSAL_FIT_IMAGES, WithPrior, evaluate_autoencoder, fit_proposal
+    from .density import load_run_density
+
+    if iw_samples <= 0:
+        return evaluate_autoencoder(run.model, run.data.x_test, None, 0, run.cfg.eval.batch_size)
+    density = load_run_density(run_dir)
+    model = WithPrior(run.model, density.to_torch(run.device))
+    proposal, inflation, _ = fit_proposal(model, run.data.x_valid[:PROPOSAL_FIT_IMAGES], seed=seed)
+    torch.manual_seed(seed)
+    metrics = evaluate_autoencoder(model, run.data.x_test, proposal, iw_samples, run.cfg.eval.batch_size, progress)
+    return metrics | {"prior": "gmm", "gmm_components": density.n_components,
+                      "gmm_covariance": density.covariance_type, "proposal": "laplace+gmm",
+                      "proposal_alpha": DEFENSIVE_ALPHA, "proposal_inflation": inflation}
+
+
 def sample_grid(run: LoadedRun, run_dir: str | Path, n: int = 100, mode: str = "bernoulli",
                 prior: str | None = None, reconstruct: bool = False, seed: int = 0,
                 out: str | Path | None = None) -> Path:
     """A PNG grid of prior samples (or of test digits beside their reconstructions) in RUN/fig/ by default."""
-    from .density import sampling_prior
     from .plots import save_grid
     from .sampling import reconstruct as reconstruct_images
     from .sampling import sample
@@ -124,13 +160,13 @@ def sample_grid(run: LoadedRun, run_dir: str | Path, n: int = 100, mode: str = "
 
 def quality_run(run: LoadedRun, run_dir: str | Path, n: int = 10000, mode: str = "bernoulli",
                 prior: str | None = None, classifier: str | None = None, k: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Sample-quality scores of n samples against the test set, merged into eval.json as quality_MODE_PRIOR."""
-    from .classifier import load_classifier
-    from .density import sampling_prior
+    """Sample-quality scores of n samples against the test set, merged into eval.json as quality_MODE_PRIOR.
+    `classifier`: a file of `vaelab classifier train` (None: the shipped MNIST one); refused unless it was trained
+    on the run's data (`quality.check_classifier_data`)."""
     from .quality import check_shape, quality_scores
     from .sampling import sample
 
-    net = load_classifier(classifier, run.device)
+    net = quality_classifier(run.cfg.data.source, classifier, run_dir, run.device)
     check_shape(net, run.data.x_test, f"test images of {run_dir}")
     p_z, choice, _ = sampling_prior(run, run_dir, prior)
     torch.manual_seed(seed)
@@ -139,3 +175,15 @@ def quality_run(run: LoadedRun, run_dir: str | Path, n: int = 10000, mode: str =
     scores |= quality_scores(samples, run.data.x_test, net, k)
     merge_eval(run_dir, {f"quality_{mode}_{choice}": scores})
     return scores
+
+
+def quality_classifier(source: str, classifier: str | Path | None = None, run_dir: str | Path = "RUN",
+                       device: torch.device | str = "cpu"):
+    """The classifier that scores a run trained on `source` (the shipped one when `classifier` is None); a
+    VaelabError naming both data sets and the fix when it was trained on other data."""
+    from .classifier import load_classifier
+    from .quality import check_classifier_data
+
+    net = load_classifier(classifier, device)
+    check_classifier_data(net, source, None if classifier is None else str(classifier), str(run_dir))
+    return net

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+__version__ = "0.1.0"   # the package's version (vaelab.__version__), as in pyproject.toml
 
 
 @functools.cache

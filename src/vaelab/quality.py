@@ -2,7 +2,8 @@
 
 All scores use the penultimate layer of a DigitCNN (classifier.py; the shipped MNIST one by default), never
 Inception: `fid_classifier_features` is "FID on MNIST-classifier features" and is not comparable with
-published Inception FIDs.
+published Inception FIDs. A classifier scores only runs on the data it was trained on (`check_classifier_data`:
+the shipped one mnist and mnist-static, another the data its info records): its features describe only those.
 - Fréchet distance between Gaussian fits of the two feature sets (Heusel et al. 2017, eq. 6), computed by
   torchmetrics' FrechetInceptionDistance with our features (float64 moments, eigenvalue matrix square root).
 - Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1-3): the share of samples inside the
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from .classifier import DigitCNN
+from .classifier import MNIST_FAMILY, DigitCNN, data_identity
 from .errors import VaelabError
 
 FEATURES_NOTE = "Frechet distance on {}-d penultimate features of the vaelab digit classifier (not Inception FID)"
@@ -87,6 +88,31 @@ def classify(classifier: DigitCNN, x: Tensor, batch_size: int = 1000) -> tuple[T
     device = next(classifier.parameters()).device
     features = torch.cat([classifier.features(part.to(device).float()) for part in x.split(batch_size)])
     return features, classifier.head(features).softmax(1)
+
+
+def classifier_refusal(classifier: DigitCNN, source: str, path: str | None = None, run: str = "RUN") -> str | None:
+    """Why `classifier` (the shipped one when `path` is None) cannot score samples of a run trained on `source`, as
+    one line with the fix; None when it was trained on that data (the MNIST family counts as one data set)."""
+    fix = (f"train one for it with `vaelab classifier train --data {source} --out C.safetensors`, then "
+           f"`vaelab quality {run} --classifier C.safetensors`")
+    trained = classifier.info.get("data")
+    if trained is None:
+        return f"classifier {path} does not record the data it was trained on: {fix}"
+    if data_identity(str(trained)) == data_identity(source):
+        return None
+    if path is None:
+        return (f"sample-quality scores need a classifier trained on the run's data: the shipped classifier knows "
+                f"MNIST digits (it scores {' and '.join(MNIST_FAMILY)} runs only) and this run's data is {source}: "
+                f"{fix}")
+    return (f"classifier {path} was trained on {trained} but this run's data is {source}, so its features do not "
+            f"describe these images: {fix}")
+
+
+def check_classifier_data(classifier: DigitCNN, source: str, path: str | None = None, run: str = "RUN") -> None:
+    """Raise the VaelabError of `classifier_refusal` when the classifier was not trained on the run's data."""
+    reason = classifier_refusal(classifier, source, path, run)
+    if reason is not None:
+        raise VaelabError(reason)
 
 
 def check_shape(classifier: DigitCNN, x: Tensor, what: str) -> None:

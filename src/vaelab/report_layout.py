@@ -15,11 +15,22 @@ import yaml
 
 from . import page
 from .latent_map import CSS, JS, META, latent_map_html
-from .report import NOTE_BEST, NOTE_LIKELIHOOD, NOTE_QUALITY, RERUN, SHORT, Fig, md_table, metrics_table, quality_table
+from .report_parts import (
+    NOTE_BEST,
+    NOTE_LIKELIHOOD,
+    NOTE_QUALITY,
+    RERUN,
+    SHORT,
+    Fig,
+    md_table,
+    metrics_table,
+    quality_table,
+)
 
 TITLE = "vaelab: the study reproduced"
 LEGEND = "Numbered figures are the seed's; lettered ones are vaelab's additions."
-MAP_CAPTION = ("The autoencoder's 2-D codes of training images coloured by digit, under the fitted GMM's "
+MAP_CAPTION = ("The autoencoder's 2-D codes of training images coloured by digit (one colour for data without "
+               "labels), under the fitted GMM's "
                "log-density contours (in nats; its components are drawn in Figures 7 and 8). Move the pointer over "
                "the plane: the panel on the right shows the decoder's omega at the "
                "nearest point of a {n} x {n} grid (circle) and its code z; below it, the decodes of the whole grid "
@@ -36,11 +47,15 @@ def sample_figs(out: Path, name: str, model: str, twin: str) -> list[Fig]:
 
 def quality_note(out: Path, stages) -> str:
     """Why no sample-quality table is shown."""
+    from .classifier import SHIPPED_DATA, data_identity
+
     sources = {yaml.safe_load(p.read_text())["data"]["source"] for s in stages
                if (p := out / s.name / "config.yaml").is_file()}
-    if sources and "mnist" not in sources:
+    if sources and not any(data_identity(str(source)) == SHIPPED_DATA for source in sources):
         return ("Sample quality not scored: vaelab's classifier reads 28x28 MNIST digits, and these models were "
-                f"trained on {', '.join(sorted(map(str, sources)))}.")
+                f"trained on {', '.join(sorted(map(str, sources)))}; score them with a classifier trained on that "
+                "data: `vaelab classifier train --data SOURCE --out C.safetensors`, then `vaelab quality RUN "
+                "--classifier C.safetensors`, and rerun `vaelab reproduce` to show the scores here.")
     return f"Sample quality not scored yet: {RERUN}."
 
 
@@ -105,7 +120,8 @@ def sections(out: Path, stages, missing: dict[str, str]) -> list[tuple[str, list
         ("Autoencoder + Gaussian mixture (seed section 4)",
          [("map", ae), *[("figs", row) for row in gmm_figs(out, ae)]]),
         ("The latent spaces of the VAEs", [("figs", [Fig(
-            "Figure D", Path("codes_2d.png"), "Posterior means of the test images in 2-D, coloured by digit: first "
+            "Figure D", Path("codes_2d.png"), "Posterior means of the test images in 2-D, coloured by digit (one "
+            "colour for data without labels): first "
             "two principal components (top) and t-SNE of a random subsample (bottom, scikit-learn).",
             missing.get("codes_2d.png", ""), wide=True)])]),
         ("Reconstructions", [("figs", recon[i:i + 2]) for i in range(0, len(recon), 2)]),
@@ -118,7 +134,7 @@ def map_fig(out: Path, ae: str) -> tuple[Fig | None, str]:
     if meta.is_file():
         return None, ""
     static = Fig("Figure 6", Path(ae, "fig", "latent_codes.png"), "The autoencoder's 2-D codes of every training "
-                 "image, coloured by digit.")
+                 "image, coloured by digit (one colour for data without labels).")
     return static, f"Interactive latent map (Figure C): not made for this study; {RERUN}."
 
 

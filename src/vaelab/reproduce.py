@@ -1,6 +1,9 @@
 """`vaelab reproduce`: train the study's models, evaluate them, draw every figure of the seed, write the report.
 
 Resumable: a finished stage is skipped, an unfinished training run resumes from its checkpoint; `force` retrains.
+Sample quality is scored with the shipped MNIST classifier on mnist and mnist-static runs; on other data the
+stage logs why not (and how to score it with `vaelab classifier train` and `vaelab quality --classifier`) and the
+study goes on: the report says so in its Sample quality section.
 What the report needs beyond each evaluation is made once per run by report_inputs.py.
 `quick` shortens training and evaluation (labelled as such in the report) to finish in minutes on a laptop CPU.
 """
@@ -119,12 +122,23 @@ def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
     for mode in ("bernoulli", "threshold", "probs"):
         sample_grid(run, run_dir, 100, mode)
     sample_grid(run, run_dir, 50, "probs", reconstruct=True)
-    if tuple(run.model.image_shape) == (28, 28):   # the shipped classifier reads 28x28 digits
+    refusal = quality_refusal(run.cfg.data.source, run_dir)
+    if refusal is not None:   # the shipped classifier knows MNIST digits only: note why, and go on with the study
+        log(f"{stage.name}: sample quality not scored: {refusal}")
+    else:
         for mode in ("bernoulli", "threshold"):
             log(f"{stage.name}: sample quality of {s.n_quality()} {mode} samples")
             quality_run(run, run_dir, s.n_quality(), mode)
     merge_eval(run_dir, {"reproduce": signature})
     return read_eval(run_dir)
+
+
+def quality_refusal(source: str, run_dir: Path) -> str | None:
+    """Why the shipped classifier cannot score a run trained on `source` (None when it can: mnist, mnist-static)."""
+    from .classifier import load_classifier
+    from .quality import classifier_refusal
+
+    return classifier_refusal(load_classifier(), source, None, str(run_dir))
 
 
 def report_inputs(s: Settings, run_dir: Path) -> None:

@@ -24,32 +24,16 @@ from torch import Tensor
 
 from . import faults
 from .atomic import atomic_write_text, fsync_write
-from .checks import check_device_name
 from .config import Config, DataConfig, config_from_yaml_text
 from .data import Splits, binarize
 from .errors import VaelabError
 from .estimators import Estimator, build_estimator
+from .hardware import resolve_device
 from .model import VAE, build_model
 from .runstate import check_state
 from .sources import load_dataset
 
 FORMAT = "vaelab-checkpoint-1"
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present, else the CPU; `cpu`, `cuda` and `cuda:N` are taken as given (CUDA must be
-    there, N must name one of its GPUs). Anything else (mps, meta, ...) is refused: vaelab runs on CPUs and CUDA."""
-    check_device_name("--device", name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VaelabError(f"device {name!r} requested but no CUDA GPU is visible: use --device cpu or auto")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise VaelabError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible: "
-                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return torch.device(name)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import cudagraph, distributed, faults, lifecycle
+from . import cudagraph, distributed, faults, hardware, lifecycle
 from .atomic import atomic_write_text
 from .checks import check_int
 from .config import Config, validate
@@ -24,9 +24,10 @@ from .errors import Stopped, VaelabError
 from .estimators import Estimate
 from .evaluate import elbo_terms
 from .gradcheck import training_grad_stats
+from .hardware import resolve_device
 from .lifecycle import RunLock, StopSignals
 from .optim import Optimizers, build_optimizers
-from .run import build, load_weights, prepare_data, read_checkpoint, resolve_device, save_checkpoint
+from .run import build, load_weights, prepare_data, read_checkpoint, save_checkpoint
 from .runstate import check_optimizer_state
 from .schedules import Schedule, kl_schedule, lr_schedule
 
@@ -216,7 +217,7 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
     model, estimator = build(cfg, data, device)
     steps_per_epoch = min(math.ceil(len(data.x_train) / cfg.train.batch_size), cfg.train.steps_per_epoch or math.inf)
     beta = kl_schedule(cfg.train.kl_weight, steps_per_epoch)   # validated before any training
-    distributed.check_options(cfg.train.compile, cfg.train.autocast, device, cfg.train.compile_mode)
+    hardware.check_options(cfg.train.compile, cfg.train.autocast, device, cfg.train.compile_mode)
     cudagraph.check(cfg.train.cuda_graph, cfg.train.compile_mode, ctx.distributed)
     named = {f"model.{k}": p for k, p in model.named_parameters()} | {
         f"estimator.{k}": p for k, p in estimator.named_parameters()}
@@ -236,7 +237,7 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
         loop.probe = GradProbe(cfg, model, estimator, run_dir, sink, done)
     with contextlib.ExitStack() as scope:
         scope.callback(sink.close)
-        scope.enter_context(distributed.matmul_precision(cfg.train.tf32, device))
+        scope.enter_context(hardware.matmul_precision(cfg.train.tf32, device))
         loop.run(state["epoch"], state.get("partial"))
         distributed.barrier(ctx)   # ranks leave together: tearing Gloo down while rank 0 still writes can abort
     return sink.history

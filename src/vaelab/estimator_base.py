@@ -1,0 +1,58 @@
+"""What every gradient estimator is: `Estimator.forward(model, x, kl_weight)` returns an `Estimate` (a surrogate
+loss to differentiate, per-example ELBO terms to report), and the ESTIMATORS registry the families fill in.
+
+Import `vaelab.estimators`, not this module, to get every estimator registered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from .errors import VaelabError
+from .model import VAE
+from .registry import Registry
+
+ESTIMATORS: Registry[type[Estimator]] = Registry("estimator (estimator.name)")
+
+
+@dataclass
+class Estimate:
+    """What one estimator call returns. `loss` is a scalar surrogate; the rest are detached [B] tensors."""
+
+    loss: Tensor
+    elbo: Tensor
+    rec: Tensor
+    kl: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Estimator(nn.Module):
+    """Base class. `forward(model, x, kl_weight)` returns an Estimate; `kl_weight` scales only the trained KL."""
+
+    needs: frozenset[str] = frozenset()   # subset of LatentFamily.offers(): rsample, discrete, kl, kl_at, factorised
+    unbiased = True                       # False for relaxations (Gumbel, straight-through)
+
+    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+        raise NotImplementedError
+
+
+class MultiSample(Estimator):
+    """Base of the estimators that draw K samples per input (rloo, vimco, iwae): stores and checks `num_samples`."""
+
+    min_samples = 2
+
+    def __init__(self, num_samples: int = 4) -> None:
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < self.min_samples:
+            name = next((n for n in ESTIMATORS if ESTIMATORS.get(n) is type(self)), type(self).__name__)
+            raise VaelabError(f"{name} needs estimator.kwargs.num_samples >= {self.min_samples} (an integer), "
+                              f"got {num_samples!r}")
+        self.num_samples = num_samples
+
+
+def estimate(loss: Tensor, rec: Tensor, kl: Tensor, **stats: Tensor) -> Estimate:
+    """Package an estimator's result, detaching the reported [B] terms."""
+    rec, kl = rec.detach(), kl.detach()
+    return Estimate(loss, rec - kl, rec, kl, {k: v.detach() for k, v in stats.items()})
