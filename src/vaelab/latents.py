@@ -92,6 +92,18 @@ class GaussianLatent(LatentFamily):
         return 0.5 * (mu.square() + sigma.square() - 1.0 - 2.0 * sigma.log()).sum(-1)  # [B]
 
 
+class UniformBernoulli(Bernoulli):
+    """torch's Bernoulli, drawn as 1[u < p] with u ~ U[0, 1) from torch.rand: the same distribution as
+    torch.bernoulli (as data.binarize draws pixels), but through a draw whose shape does not depend on p, which a
+    stacked run (stacked.py) reproduces seed by seed."""
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            u = torch.rand(shape, dtype=self.probs.dtype, device=self.probs.device)  # [*S, B, D]
+            return (u < self.probs.expand(shape)).to(self.probs.dtype)
+
+
 @LATENTS.register("bernoulli")
 class BernoulliLatent(LatentFamily):
     """Factorised Bernoulli codes q(z|x) = prod Bern(sigmoid(l_i(x))), prior Bern(p) per bit (the seed's section 3).
@@ -114,10 +126,10 @@ class BernoulliLatent(LatentFamily):
             self.register_buffer("prior_logits", logits)
 
     def posterior(self, h: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=h, validate_args=False), 1)
+        return Independent(UniformBernoulli(logits=h, validate_args=False), 1)
 
     def prior(self) -> Distribution:
-        return Independent(Bernoulli(logits=self.prior_logits, validate_args=False), 1)
+        return Independent(UniformBernoulli(logits=self.prior_logits, validate_args=False), 1)
 
     def kl(self, q: Distribution) -> Tensor:
         """sum_i q_i log(q_i/p_i) + (1-q_i) log((1-q_i)/(1-p_i)); for p = 1/2 this is -H[q] + n log 2 (seed eq. 8)."""

@@ -9,6 +9,8 @@ A spec (YAML):
       train.lr: [1e-4, 3e-4]
     seeds: 5                         # 0..4, or a list [0, 7, 9]; default: the base config's train.seed
     evaluate: {iw_samples: 1000}     # optional; default: each run's eval settings; false: no evaluation
+    stack: true                      # optional: train each setting's seeds together as one stacked model
+                                     # (sweep_stack.py, `vaelab stack`); local backend
 
 Each run gets DIR/NAME (NAME from its settings and seed, e.g. `estimator.name=disarm,train.lr=1e-4,seed=0`), its
 full config in DIR/configs/NAME.yaml and its output in DIR/logs/NAME.log; DIR/sweep.yaml records the spec and each
@@ -35,7 +37,7 @@ from .config import Config, from_dict, set_dotted
 from .errors import VaelabError
 from .sweep_run import Job
 
-SPEC_KEYS = ("base", "set", "grid", "seeds", "evaluate")
+SPEC_KEYS = ("base", "set", "grid", "seeds", "evaluate", "stack")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -127,6 +129,9 @@ class Spec:
         self.settings = _grid_settings(raw.get("grid"), "grid")
         self.seeds = _seeds(raw.get("seeds"), self.config({}, None).train.seed)
         self.iw_samples = _iw_samples(raw.get("evaluate"))
+        self.stack = raw.get("stack", False)
+        if not isinstance(self.stack, bool):
+            raise VaelabError(f"sweep spec {path}: stack = {self.stack!r}: write stack: true or stack: false")
 
     def config(self, setting: dict[str, Any], seed: int | None) -> Config:
         """The full config of one run, validated (an unknown key or bad value is refused here, before training)."""
@@ -246,6 +251,10 @@ def run_sweep(spec_path: str | Path, out: str | Path, workers: int | None = None
               f"{workers or 'all'} at a time with {threads} thread(s) each -> {out}", file=sys.stderr, flush=True)
         from .sweep_backends import run_local, run_ray
 
+        if spec.stack and only is None and backend == "local":
+            from .sweep_stack import train_groups
+
+            train_groups(selected, settings, out)
         if backend == "local":
             run_local(selected, workers, book, progress)
         else:
@@ -289,8 +298,11 @@ def add_parser(sub) -> None:
 
 
 def add_parsers(sub) -> None:
-    """Register `vaelab sweep` and `vaelab compare` on the CLI's subparsers (cli.parser calls this)."""
+    """Register `vaelab sweep`, `vaelab compare` and `vaelab stack` on the CLI's subparsers (cli.parser calls
+    this)."""
     from .compare import add_parser as add_compare
+    from .sweep_stack import add_parser as add_stack
 
     add_parser(sub)
     add_compare(sub)
+    add_stack(sub)
