@@ -33,7 +33,7 @@ from vaelab.hardware import ROWS_PER_CHUNK, resolve_device
 from vaelab.nets import mlp
 from vaelab.optim import adam
 from vaelab.run import build, open_run, prepare_data
-from vaelab.train import make_update, train_epoch
+from vaelab.train import Objective, Step, make_step, steps_per_epoch, train_epoch
 
 MODELS = {"seed": "configs/gaussian_vae.yaml", "iwae": "configs/literature/iwae_vae_1layer.yaml"}
 # variant -> config overrides; "plain" (no entry) is the minimal eager loop of benchmarks/speed.py
@@ -131,11 +131,12 @@ def section_cli(b: Bench, runs: Path, name: str = "cli", extra: tuple[str, ...] 
     return run
 
 
-def optimizer_and_update(cfg, model, est, data, device: torch.device):
-    """What `vaelab.train.train` builds: Adam (capturable when graphed) and the per-batch update."""
+def optimizer_and_step(cfg, model, est, data, device: torch.device):
+    """What `vaelab.train.train` builds: Adam (capturable when graphed) and the wrapped training step."""
     opt = adam([*model.parameters(), *est.parameters()], cfg.train.lr, device,
                capturable=cudagraph.enabled(cfg.train.cuda_graph, device))
-    return opt, make_update(cfg, model, est, opt, distributed.Context(device=device), data.x_valid[:8])
+    return opt, make_step(cfg, model, est, opt, distributed.Context(device=device), data.x_valid[:8],
+                          steps_per_epoch(cfg, len(data.x_train)))
 
 
 def time_variant(b: Bench, model: str, batch: int, variant: str, epochs: int) -> dict:
@@ -159,8 +160,8 @@ def time_variant(b: Bench, model: str, batch: int, variant: str, epochs: int) ->
             opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
             run = lambda: plain_epoch(data.x_train, enc, dec, opt, batch, gen, steps)  # noqa: E731
         else:
-            opt, update = optimizer_and_update(cfg, model_, est, data, b.device)
-            run = lambda: train_epoch(cfg, model_, est, opt, data, gen, 0, False, update=update)["seconds"]  # noqa: E731
+            opt, step = optimizer_and_step(cfg, model_, est, data, b.device)
+            run = lambda: train_epoch(cfg, model_, est, opt, data, gen, 0, False, step=step)["seconds"]  # noqa: E731
         warm = run()
         for _ in range(epochs):
             times.append(run())
@@ -244,12 +245,14 @@ def section_ddp(b: Bench, batches: list[int]) -> None:
             setups = {}
             for name in ("single", "ddp"):                  # two identical models: DDP's hooks stay on its own
                 model, est = build(cfg, data, b.device)
-                step = distributed.TrainStep(model, est)
+                forward = Objective(model, est)
                 if name == "ddp":
-                    step = DistributedDataParallel(step, device_ids=[b.device.index or 0] if b.device.type == "cuda"
-                                                   else None)
-                setups[name] = (model, est, adam([*model.parameters(), *est.parameters()], cfg.train.lr, b.device),
-                                step)
+                    forward = DistributedDataParallel(forward, device_ids=[b.device.index or 0]
+                                                      if b.device.type == "cuda" else None)
+                opt = adam([*model.parameters(), *est.parameters()], cfg.train.lr, b.device)
+                step = Step(forward, opt, cfg.train.grad_clip, distributed.Context(device=b.device),
+                            cfg.train.steps_per_epoch)
+                setups[name] = (model, est, opt, step)
             gen = torch.Generator(b.device).manual_seed(0)
             times: dict[str, list[float]] = {"single": [], "ddp": []}
             for r in range(4):                              # alternating; round 0 warms up
@@ -279,14 +282,14 @@ def section_iwae_budget(b: Bench, seconds: float, variant: str) -> None:
     cfg = config("iwae", 16 if b.smoke else 20, variant, b.smoke)
     data = prepare_data(cfg.data, b.device)
     model, est = build(cfg, data, b.device)
-    opt, update = optimizer_and_update(cfg, model, est, data, b.device)
     if b.smoke:
         cfg.train.steps_per_epoch = 4
+    opt, step = optimizer_and_step(cfg, model, est, data, b.device)
     gen = torch.Generator(b.device).manual_seed(0)
     t0, epochs, history = time.perf_counter(), 0, []
     with hardware.matmul_precision(cfg.train.tf32, b.device):
         while time.perf_counter() - t0 < seconds:
-            row = train_epoch(cfg, model, est, opt, data, gen, epochs, False, update=update)
+            row = train_epoch(cfg, model, est, opt, data, gen, epochs, False, step=step)
             epochs += 1
             history.append({"epoch": epochs, "seconds": row["seconds"], "train_elbo": row["train_elbo"]})
     train_s = time.perf_counter() - t0

@@ -2,7 +2,8 @@
 
 Run by hand on a quiet machine:  .venv/bin/python benchmarks/speed.py [--repeats 3] [--device cpu]
 Prints a markdown table and writes benchmarks/results/speed.json. The seed model is 784-512-256-20 and back,
-batch 128, one 50,000-image epoch of dynamically binarized MNIST.
+batch 128, one 50,000-image epoch of dynamically binarized MNIST. `--steps N` caps each epoch at N batches (a
+quick check that the benchmark runs; it writes no results file).
 """
 
 from __future__ import annotations
@@ -76,9 +77,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, help="batches per epoch (default: the whole epoch); writes no results")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    cfg = load_config("configs/gaussian_vae.yaml", [f"train.batch_size={args.batch_size}", f"train.device={device}"])
+    cfg = load_config("configs/gaussian_vae.yaml", [f"train.batch_size={args.batch_size}", f"train.device={device}",
+                                                    f"train.steps_per_epoch={args.steps or 'null'}"])
     data = prepare_data(cfg.data, device)
     model, estimator = build(cfg, data, device)
     opt = adam(list(model.parameters()), 1e-3, device)
@@ -89,7 +92,7 @@ def main() -> None:
     gen = torch.Generator(device).manual_seed(0)
     times: dict[str, list[float]] = {"plain": [], "vaelab": []}
     for r in range(args.repeats + 1):             # the first round warms up and is dropped
-        tp = plain_epoch(data.x_train, enc, dec, plain_opt, args.batch_size, gen)
+        tp = plain_epoch(data.x_train, enc, dec, plain_opt, args.batch_size, gen, args.steps)
         t = time.perf_counter()
         train_epoch(cfg, model, estimator, opt, data, gen, 0, False)
         sync(device)
@@ -100,7 +103,7 @@ def main() -> None:
         print(f"round {r}: plain {tp:.2f}s  vaelab {tv:.2f}s{'  (warm-up)' if not r else ''}")
     peak = matmul_peak_gflops(device)
     fps = flops_per_sample([784, 512, 256, 40]) + flops_per_sample([20, 256, 512, 784])
-    n = len(data.x_train)
+    n = min(len(data.x_train), args.batch_size * (args.steps or len(data.x_train)))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "device": str(device), "cpu": platform.processor() or platform.machine(),
@@ -111,10 +114,12 @@ def main() -> None:
         "mflop_per_sample": fps / 1e6, "matmul_peak_gflops": peak,
         "fraction_of_peak": {k: n * fps / v / 1e9 / peak for k, v in med.items()},
     }
+    print(json.dumps(result, indent=2))
+    if args.steps:
+        return
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"speed_{device.type}_b{args.batch_size}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

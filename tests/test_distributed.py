@@ -23,10 +23,10 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent
 
 from vaelab import distributed
-from vaelab.distributed import Context, TrainStep
+from vaelab.distributed import Context
 from vaelab.errors import VaelabError
 from vaelab.run import build, prepare_data
-from vaelab.train import train
+from vaelab.train import Objective, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # digits: 1297 training images = 15 batches of 86 + one of 7, which two ranks split 4 + 3 (loss weights 8/7, 6/7)
@@ -106,7 +106,7 @@ def test_unused_parameters_are_found_so_ddp_can_be_told():
     data = prepare_data(cfg.data, torch.device("cpu"))
     model, estimator = build(cfg, data, torch.device("cpu"))
     estimator.spare = nn.Parameter(torch.zeros(3))                          # a parameter no loss reaches
-    step = TrainStep(model, estimator)
+    step = Objective(model, estimator)
     assert distributed.unused_parameters(step, data.x_valid[:8]) == ["estimator.spare"]
     assert all(p.grad is None for p in step.parameters()) and step.training
 
@@ -122,7 +122,7 @@ def test_bf16_autocast_runs_the_nets_in_bf16_and_the_log_densities_in_fp32():
     seen = []
     first_layer.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     x = data.x_valid[:16]
-    est = TrainStep(model, estimator, "bf16")(x)
+    est = Objective(model, estimator, "bf16")(x)
     assert seen == [torch.bfloat16] and est.rec.dtype == est.loss.dtype == torch.float32
     # the same computation by hand: bf16 networks, fp32 Bernoulli log-likelihood summed over the pixels
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -133,9 +133,9 @@ def test_bf16_autocast_runs_the_nets_in_bf16_and_the_log_densities_in_fp32():
     rec = Independent(Bernoulli(logits=logits.float()), 1).log_prob(x)      # [16]
     assert torch.allclose(est.rec, rec, rtol=0, atol=1e-4)
     # bf16 rounds the logits to 8 bits of mantissa: the ~40-nat log-likelihoods move, by well under a nat
-    full = TrainStep(model, estimator)(x)
+    full = Objective(model, estimator)(x)
     assert 0 < (est.rec - full.rec).abs().max() < 1.0
-    assert TrainStep(model, estimator, "bf16").model.decoder.net is model.decoder   # the same parameters
+    assert Objective(model, estimator, "bf16").model.decoder.net is model.decoder   # the same parameters
 
 
 def test_bf16_training_on_digits_and_bad_options_refused_before_a_run_dir(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard_helpers import scalars as tb_scalars
 
 from vaelab import faults
 from vaelab.lifecycle import LOCK_FILE
@@ -49,6 +50,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert rows(a) == rows(b)
+    assert tb_scalars(a) == tb_scalars(b)          # what an attempt logged past its checkpoint is purged on resume
     assert not (b / "checkpoint.tmp").exists() and not (b / "checkpoint.old").exists()
 
 

@@ -186,4 +186,4 @@ def test_cli_train_bernoulli_then_evaluate_exact_and_gradvar_on_the_run(cli, tmp
     code, stdout, err = cli("gradvar", run, "--estimators", "sfe-avg,disarm", "--draws", 20, "--device", "cpu")
     assert code == 0, err
     result = json.loads((run / "gradvar" / "gradvar.json").read_text())
-    assert result["config"] == "bernoulli_vae" and len(result["rows"]) == 2
+    assert result["config"] == "bernoulli_vae-digits" and len(result["rows"]) == 2   # the run's name (train --data)

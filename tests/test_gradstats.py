@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
+from tensorboard_helpers import scalars
 
 from vaelab.errors import VaelabError
 from vaelab.gradcheck import estimator_grads, training_grad_stats
@@ -63,6 +64,9 @@ def test_resumed_run_drops_rows_past_its_checkpoint(tmp_path):
     straight = [json.loads(x) for x in (tmp_path / "straight" / "grad_stats.jsonl").read_text().splitlines()]
     resumed = [json.loads(x) for x in (run / "grad_stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [7, 14, 21, 28, 35, 42]
+    tb = scalars(run)                                          # TensorBoard: the same steps, one axis with the rest
+    assert [s for s, _ in tb["grad/grad_snr"]] == [7, 14, 21, 28, 35, 42]
+    assert [v for _, v in tb["grad/grad_snr"]] == pytest.approx([r["grad_snr"] for r in resumed], rel=1e-6)
     assert [r["grad_var"] for r in resumed] == pytest.approx([r["grad_var"] for r in straight])
 
 

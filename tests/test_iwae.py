@@ -77,7 +77,7 @@ def test_iwae_trains_gradients_through_the_encoder_and_is_refused_where_it_canno
     model, x = gaussian_model(), binary_batch(4)
     IWAE(4)(model, x).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
-    with pytest.raises(VaelabError, match="num_samples >= 1"):
+    with pytest.raises(VaelabError, match="num_samples = 0 must be an integer >= 1"):
         build_estimator("iwae", {"num_samples": 0}, model)
     for latent in ("bernoulli", "deterministic"):
         with pytest.raises(VaelabError, match="needs"):

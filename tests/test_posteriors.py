@@ -222,7 +222,7 @@ def test_families_offer_what_they_can_deliver():
     assert GaussianIAFLatent.offers() == {"rsample", "kl_at"}
     assert AutoregressiveBernoulliLatent.offers() == {"discrete", "kl_at"}
     assert {"factorised", "kl", "kl_at"} <= LATENTS.get("bernoulli").offers()
-    with pytest.raises(VaelabError, match="steps >= 1"):
+    with pytest.raises(VaelabError, match="steps = 0 must be an integer >= 1"):
         GaussianIAFLatent(3, steps=0)
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from vaelab.errors import VaelabError
 from vaelab.estimators import Reparam
 from vaelab.evaluate import elbo_terms
+from vaelab.metrics_log import MetricsSink
 from vaelab.run import open_run
 from vaelab.train import train
 
@@ -33,6 +34,42 @@ def test_200_steps_on_digits_lower_minus_elbo(tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 11))
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run" / "tb").iterdir())
+
+
+def test_tensorboard_holds_each_steps_batch_values_the_epoch_rows_and_the_hyperparameters(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard_helpers import hparams, scalars
+
+    run = tmp_path / "run"
+    history = train(tiny_config("train.log_every=1", "train.lr=2e-3", "train.grad_clip=5.0"), run, quiet=True)
+    tb = scalars(run)
+    sizes = [64] * 20 + [17]                                      # 1297 digits: 21 batches an epoch
+    assert [s for s, _ in tb["batch/loss"]] == list(range(1, 43))
+    for epoch, row in enumerate(history):                         # each epoch's mean is its batches' weighted mean
+        for key in ("loss", "elbo", "rec", "kl"):
+            batch = [v for _, v in tb[f"batch/{key}"][21 * epoch: 21 * (epoch + 1)]]
+            assert sum(v * n for v, n in zip(batch, sizes, strict=True)) / 1297 == pytest.approx(row[f"train_{key}"],
+                                                                                              rel=1e-5)
+    assert [v for _, v in tb["batch/loss"]] == pytest.approx([-v for _, v in tb["batch/elbo"]], rel=1e-5)  # KL weight 1
+    for key in ("train_elbo", "valid_elbo", "valid_kl", "lr", "epoch"):   # epoch rows at the step ending the epoch
+        assert tb[key.replace("_", "/", 1)] == [(21 * (e + 1), pytest.approx(r[key])) for e, r in enumerate(history)]
+    values, status = hparams(run)
+    assert values["train.lr"] == 2e-3 and values["train.grad_clip"] == 5.0 and values["train.batch_size"] == 64
+    assert values["estimator.name"] == "reparam" and values["data.source"] == "digits"
+    assert values["model.hidden"] == "[32]"
+    assert values["train.compile"] is False and "train.steps_per_epoch" not in values   # null: an empty cell
+    assert status == api_pb2.STATUS_SUCCESS
+    assert [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] == history
+
+
+def test_batch_values_are_kept_every_log_every_steps(tmp_path):
+    from tensorboard_helpers import scalars
+
+    sink = MetricsSink(tmp_path, [], log_every=5)
+    sink.log_batches(18, [[float(i), 0.0, 0.0, 0.0] for i in range(10)])   # steps 19..28
+    sink.log_batches(28, [[float(i), 0.0, 0.0, 0.0] for i in range(10, 12)])   # steps 29, 30
+    sink.close()
+    assert scalars(tmp_path)["batch/loss"] == [(20, 1.0), (25, 6.0), (30, 11.0)]
 
 
 def _train_cmd(out, *extra):
@@ -71,6 +108,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, fault, epochs_kept):
     _assert_same_weights(straight, killed)
     rows = [json.loads(s) for s in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    from tensorboard_helpers import scalars
+    assert scalars(killed) == scalars(straight)        # what the killed attempt logged past its checkpoint: purged
     assert not (killed / "checkpoint.tmp").exists() and not (killed / "checkpoint.old").exists()
 
 
@@ -100,7 +139,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
         c.train.epochs = 2
         return c, t, s
 
-    monkeypatch.setattr("vaelab.train.read_checkpoint", read_with_two_epochs)
+    monkeypatch.setattr("vaelab.lifecycle.read_checkpoint", read_with_two_epochs)
     with pytest.raises(VaelabError, match="diverged in epoch 2.*last good checkpoint \\(of epoch 1\\) is kept"):
         train(None, run_dir, resume=True, quiet=True)
     assert (run_dir / "checkpoint" / "model.safetensors").read_bytes() == good

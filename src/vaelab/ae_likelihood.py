@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, MultivariateNormal, constraints
 
-from .errors import VaelabError
+from .errors import check_number
 from .evaluate import iw_loglik, iw_loglik_terms, summarize
 from .model import VAE
 
@@ -52,8 +52,7 @@ class DefensiveMixture(Distribution):
     support = constraints.real_vector
 
     def __init__(self, local: Distribution, prior: Distribution, alpha: float = DEFENSIVE_ALPHA) -> None:
-        if not 0.0 < alpha < 1.0:
-            raise VaelabError(f"defensive weight alpha={alpha} must lie strictly between 0 and 1")
+        check_number("the defensive weight alpha", alpha, 0, 1, open_lo=True, open_hi=True, fix="e.g. 0.1")
         self.local, self.prior, self.alpha = local, prior, alpha
         super().__init__(local.batch_shape, local.event_shape, validate_args=False)
 

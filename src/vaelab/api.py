@@ -12,7 +12,6 @@ from Python equals the number from the command line for the same run.
 
 from __future__ import annotations
 
-import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 from torch import Tensor
 
-from .config import Config, load_config
+from .config import Config, config_from_values, load_config
 from .run import LoadedRun, open_run
 from .train import train
 
@@ -77,7 +76,7 @@ class Run:
 
     def fit_density(self, components: int | str = 20, covariance: str = "full", seed: int = 0):
         """Fit a Gaussian mixture to the training codes (K by BIC with "auto"); returns the GMMDensity."""
-        from .density import fit_run_density
+        from .pipeline import fit_run_density
 
         return fit_run_density(self.loaded, self.path, components, covariance, seed)[0]
 
@@ -114,15 +113,15 @@ def fit(config: str | Path | Config | dict | None = "gaussian_vae", out: str | P
         quiet: bool = True, **overrides: Any) -> Run:
     """Train a model and return its Run. `config`: a preset name ("bernoulli_vae", "literature/disarm_linear"), a
     YAML path, a dict or a Config; `overrides`: see `overrides_from`. With `out` the run is written there (as
-    `vaelab train ... --out`); without, it lives in a temporary directory until the Run is closed or saved."""
+    `vaelab train ... --out`); without, it lives in a temporary directory until the Run is closed or saved. As with
+    `vaelab train`, the run's name and description say what the overrides change (`config.name_variant`): e.g.
+    `fit("bernoulli_vae", estimator="disarm")` is named bernoulli_vae-disarm and not described as the seed's SFE."""
     if isinstance(config, Config):
         config = config.to_dict()
     if isinstance(config, dict):
-        from .config import apply_overrides, from_dict, validate
-
-        cfg = validate(from_dict(Config, apply_overrides(copy.deepcopy(config), overrides_from(overrides))))
+        cfg = config_from_values(config, overrides_from(overrides), named=True)
     else:
-        cfg = load_config(config, overrides_from(overrides))
+        cfg = load_config(config, overrides_from(overrides), named=True)
     tmp = tempfile.TemporaryDirectory(prefix="vaelab-") if out is None else None
     run_dir = Path(tmp.name) / "run" if tmp is not None else Path(out)
     train(cfg, run_dir, quiet=quiet)

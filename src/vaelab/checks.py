@@ -8,7 +8,6 @@ module sits above them; config.py calls `check_config` and `check_type`, and not
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import tempfile
 import types
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from .data import BINARIZATIONS
-from .errors import VaelabError
+from .errors import VaelabError, check_number, did_you_mean
 from .estimators import ESTIMATORS
 from .hardware import check_device_name, check_options
 from .latents import LATENTS
@@ -32,21 +31,14 @@ SIZE_MAX = 65536                # the largest layer width, channel count or late
 DECODER_BIASES = ("zero", "data_mean")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def check_int(where: str, value: Any, lo: int, hi: int | None = None, fix: str = "") -> None:
-    """`value` must be an int in [lo, hi]."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        span = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
-        raise VaelabError(f"{where} = {value!r} must be {span}: {fix or 'fix the value'}")
+    """`value` must be an int in [lo, hi] (errors.check_number, the one number validator)."""
+    check_number(where, value, lo, hi, integer=True, fix=fix)
 
 
 def check_positive(where: str, value: Any, fix: str = "") -> None:
-    """`value` must be a finite number > 0."""
-    if not _number(value) or not math.isfinite(value) or value <= 0:
-        raise VaelabError(f"{where} = {value!r} must be a finite number > 0: {fix or 'fix the value'}")
+    """`value` must be a finite number > 0 (errors.check_number)."""
+    check_number(where, value, 0, open_lo=True, fix=fix)
 
 
 def check_seed(where: str, value: Any) -> None:
@@ -56,11 +48,8 @@ def check_seed(where: str, value: Any) -> None:
 def check_choice(where: str, value: Any, choices: typing.Iterable[str]) -> None:
     choices = list(choices)
     if value not in choices:
-        import difflib
-
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise VaelabError(f"{where} = {value!r} is not known: {hint}choose one of {', '.join(choices)}")
+        raise VaelabError(f"{where} = {value!r} is not known: {did_you_mean(value, choices)}choose one "
+                          f"of {', '.join(choices)}")
 
 
 def check_type(value: Any, tp: Any, where: str) -> Any:
@@ -117,19 +106,16 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
     hints = typing.get_type_hints(init) if init is not None else {}
     for key, value in kwargs.items():
         if key not in params:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), list(params), n=1)
-            hint = f"did you mean {where}.{close[0]}? " if close else ""
-            valid = ", ".join(params) or "none"
-            raise VaelabError(f"unknown key {where}.{key}: {hint}valid keys for {cls.__name__}: {valid}")
+            hint = did_you_mean(key, params, f"{where}.", quote=False)
+            raise VaelabError(f"unknown key {where}.{key}: {hint}valid keys for {cls.__name__}: "
+                              f"{', '.join(params) or 'none'}")
         tp = hints.get(key, typing.Any)
         if tp is not typing.Any:
             check_type(value, tp, f"{where}.{key}")
         if isinstance(value, int) and not isinstance(value, bool) and int in typing.get_args(tp) + (tp,):
             check_int(f"{where}.{key}", value, 1, SIZE_MAX)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise VaelabError(f"{where}.{key} = {value!r} must be a finite number: fix the value")
+        if isinstance(value, float):
+            check_number(f"{where}.{key}", value)
 
 
 def _check_data(cfg: Any) -> None:
@@ -162,6 +148,7 @@ def _check_train(cfg: Any) -> None:
     if cfg.grad_stats_every is not None:
         check_int("train.grad_stats_every", cfg.grad_stats_every, 1, fix="give a number of steps, or null for off")
     check_int("train.grad_stats_draws", cfg.grad_stats_draws, 2, 10_000, fix="e.g. train.grad_stats_draws=8")
+    check_int("train.log_every", cfg.log_every, 1, fix="give a number of steps, e.g. train.log_every=10")
     if cfg.steps_per_epoch is not None:
         check_int("train.steps_per_epoch", cfg.steps_per_epoch, 1, fix="give a positive cap, or null")
     check_param_groups(cfg.param_groups)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ import yaml
 import yaml.constructor
 
 from .checks import check_config, check_type
-from .errors import VaelabError
+from .errors import VaelabError, did_you_mean
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainConfig:
     autocast: str | None = None    # "bf16": encoder/decoder of training steps in bf16, log-densities in fp32
     grad_stats_every: int | None = None   # log the encoder gradient's variance and SNR every N steps (grad_stats.jsonl)
     grad_stats_draws: int = 8      # extra estimator calls on the step's batch for each measurement
+    log_every: int = 10            # TensorBoard: every N-th step's batch loss, ELBO, rec and KL (tb, batch/*)
     cuda_graph: bool = False       # CUDA only: replay each whole update (forward, backward, Adam) as one CUDA graph
 
 
@@ -98,9 +99,8 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     for key, value in values.items():
         where = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {prefix}{close[0]}? " if close else ""
-            raise VaelabError(f"unknown config key {where!r}: {hint}valid keys here: {', '.join(names)}")
+            raise VaelabError(f"unknown config key {where!r}: {did_you_mean(key, names, prefix, quote=False)}valid "
+                              f"keys here: {', '.join(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, f"{where}.")
@@ -177,15 +177,15 @@ def resolve_preset(path: str | Path) -> Path:
     shipped = PRESETS / f"{name}.yaml"
     if ".." not in Path(name).parts and shipped.is_file():
         return shipped
-    close = difflib.get_close_matches(name, presets(), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise VaelabError(f"config file {path} not found: {hint}give a YAML file or a preset name "
+    raise VaelabError(f"config file {path} not found: {did_you_mean(name, presets())}give a YAML file or a preset name "
                       f"({', '.join(presets()[:4])}, ...; `vaelab list` shows them all)")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                named: bool = False) -> Config:
     """Read a YAML file or shipped preset (`resolve_preset`; the defaults when `path` is None), apply overrides,
-    validate strictly (keys, types and the ranges of `checks.check_config`), before anything is built or written."""
+    validate strictly (keys, types and the ranges of `checks.check_config`), before anything is built or written.
+    `named`: name and describe the result by what the overrides change (`name_variant`), as `vaelab train` does."""
     values: dict[str, Any] = {}
     if path is not None:
         path = resolve_preset(path)
@@ -197,8 +197,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except OSError as err:
             raise VaelabError(f"cannot read config file {path} ({err.strerror}): check its permissions") from err
         values = parse_yaml_mapping(text, f"config file {path}", "fix it")
-    values = apply_overrides(dict(values), list(overrides))
-    return validate(from_dict(Config, values))
+    return config_from_values(values, overrides, named=named)
+
+
+def config_from_values(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), *,
+                       named: bool = False) -> Config:
+    """A validated Config from a nested dict (not changed) and `--set` overrides; `named`: see `name_variant`."""
+    cfg = validate(from_dict(Config, apply_overrides(copy.deepcopy(values), list(overrides))))
+    if not named:
+        return cfg
+    try:
+        preset = from_dict(Config, copy.deepcopy(values))
+    except VaelabError:        # a file that only its overrides make valid: nothing to name the changes after
+        return cfg
+    return name_variant(preset, cfg)
+
+
+def name_variant(preset: Config, cfg: Config) -> Config:
+    """`cfg` (the preset with overrides) named and described by what it changes: the name gains each of latent
+    family, estimator, data and seed that differs from the preset's ("bernoulli_vae-disarm-digits-seed3", the
+    default run directory runs/<name>), and a changed latent family, estimator or data replaces the preset's
+    description, which described the preset's own choice ("... seed's SFE ..."), by one naming the choices made.
+    A name or description that the overrides set themselves is kept. Returns `cfg`, changed in place."""
+    changed = [(what, old, new) for what, old, new in (
+        ("latent", preset.model.latent, cfg.model.latent), ("estimator", preset.estimator.name, cfg.estimator.name),
+        ("data", preset.data.source, cfg.data.source)) if old != new]
+    if cfg.name == preset.name:
+        parts = [data_label(new) if what == "data" else new for what, _, new in changed]
+        parts += [f"seed{cfg.train.seed}"] if cfg.train.seed != preset.train.seed else []
+        cfg.name = "-".join([preset.name, *(re.sub(r"[^A-Za-z0-9._-]+", "_", p) for p in parts)])
+    if changed and cfg.description == preset.description:
+        cfg.description = (f"Preset {preset.name} with " + " and ".join(
+            f"{what} {new} in place of its {old}" for what, old, new in changed) + ".")
+    return cfg
+
+
+def data_label(source: str) -> str:
+    """A data source as a name part: "digits", or a file's or folder's name without .npz ("my_images")."""
+    return Path(source.rstrip("/\\")).name.removesuffix(".npz") or source
 
 
 def config_from_yaml_text(text: str, what: str = "config", fix: str = "fix it") -> Config:

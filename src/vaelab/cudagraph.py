@@ -22,10 +22,8 @@ from .errors import VaelabError
 
 
 class Update(Protocol):
-    """What GraphedUpdate replays (train.Updater): one optimisation step on a batch that adds the batch's metric
-    sums to the device tensor `sums` and returns nothing, so the whole call can be captured."""
-
-    sums: Tensor
+    """What GraphedUpdate replays (train.Step.update): one whole optimisation step on a batch that keeps its
+    results in device tensors (the metric sums) and returns nothing, so the whole call can be captured."""
 
     def __call__(self, x: Tensor, kl_weight: float | Tensor, weight: float = 1.0) -> None: ...
 
@@ -40,7 +38,6 @@ class GraphedUpdate:
 
     def __init__(self, update: Update, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
         self.update, self.optimizer, self.warmup = update, optimizer, warmup
-        self.sums = update.sums                            # the metric sums the captured update adds to
         self.graphs: dict[torch.Size, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self.calls: dict[torch.Size, int] = {}
         self.kl_weights: dict[torch.Size, Tensor] = {}

@@ -6,7 +6,6 @@ is the last 10,000 training images, or the last 1/6 of them when there are fewer
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import http.client
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .errors import VaelabError
+from .errors import VaelabError, did_you_mean
 from .npz import check_npz
 
 BINARIZATIONS = ("dynamic", "static", "threshold", "none")
@@ -356,10 +355,8 @@ def load_splits(source: str = "mnist", *, cache_dir: str | Path | None = None, d
         return _load_npz(path)
     if source.endswith(".npz") or "/" in source or os.sep in source:
         raise VaelabError(f"no such file: {source}: check the path")
-    close = difflib.get_close_matches(source, list(SOURCES), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    known = ", ".join(SOURCES)
-    raise VaelabError(f"unknown data source {source!r}: {hint}choose one of {known} or give a path to a .npz file")
+    raise VaelabError(f"unknown data source {source!r}: {did_you_mean(source, SOURCES)}choose one of "
+                      f"{', '.join(SOURCES)} or give a path to a .npz file")
 
 
 def binarize(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -383,3 +380,11 @@ def binarize(x: torch.Tensor, mode: str, generator: torch.Generator | None = Non
             "set data.binarize to dynamic, static or threshold"
         )
     return x
+
+
+def fixed_draw(x: torch.Tensor, mode: str, seed: int | torch.Generator) -> torch.Tensor:
+    """The fixed binarized draw: images x [N, P] in [0, 1] made binary once, the same bits at every call on every
+    device. Under "dynamic" and "static" one Bernoulli draw from a CPU generator seeded by `seed` (or `seed` itself,
+    a generator, to draw several sets in turn from one stream), else `binarize(x, mode)`. Returned on x's device."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    return binarize(x.cpu(), "dynamic" if mode in ("dynamic", "static") else mode, gen).to(x.device)

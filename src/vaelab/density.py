@@ -5,13 +5,12 @@ continuous code an alternative prior (ex-post density estimation, Ghosh et al. 2
 `GMMDensity` wraps scikit-learn's `GaussianMixture` (fit / score_samples / sample / bic, fitted state with a
 trailing underscore) and exports the same density as a torch `MixtureSameFamily`, so that sampling and
 importance sampling use it like any prior. It is stored as plain arrays in RUN/density.npz, never a pickle.
-`select_components` picks K by BIC; `fit_run_density` fits a run's training codes (`vaelab fit-density`).
-The autoencoder's likelihood under the mixture is ae_likelihood.py's.
+`select_components` picks K by BIC. Fitting a run's training codes (`vaelab fit-density`) is pipeline.py's
+`fit_run_density`; the autoencoder's likelihood under the mixture is ae_likelihood.py's.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -26,10 +25,9 @@ from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from .atomic import atomic_write
-from .data import binarize
 from .errors import VaelabError
 from .model import VAE
-from .run import DeviceData, LoadedRun, write_json
+from .progress import bar
 
 FORMAT = "vaelab-gmm-1"
 DENSITY_FILE = "density.npz"
@@ -194,13 +192,15 @@ def _precisions_cholesky(covariances: np.ndarray, covariance_type: str) -> np.nd
 
 
 def select_components(codes: np.ndarray, candidates: Iterable[int] = AUTO_COMPONENTS, covariance_type: str = "full",
-                      seed: int = 0) -> tuple[int, dict[int, float]]:
-    """Fit one mixture per K and return (K with the lowest BIC, {K: BIC}) for `--components auto`."""
+                      seed: int = 0, progress: bool = False) -> tuple[int, dict[int, float]]:
+    """Fit one mixture per K and return (K with the lowest BIC, {K: BIC}) for `--components auto`; `progress`: a
+    bar over the K tried (progress.py)."""
     codes = _check_codes(codes, 1)
     ks = sorted({int(k) for k in candidates if 1 <= int(k) <= len(codes)})
     if not ks:
         raise VaelabError(f"no candidate number of components fits {len(codes)} codes: give smaller candidates")
-    curve = {k: GMMDensity(k, covariance_type, seed).fit(codes).bic(codes) for k in ks}
+    curve = {k: GMMDensity(k, covariance_type, seed).fit(codes).bic(codes)
+             for k in bar(ks, f"fit-density: BIC of mixtures with K = {ks[0]}..{ks[-1]}", progress, unit="fits")}
     return min(curve, key=curve.get), curve
 
 
@@ -216,54 +216,6 @@ def encode(model: VAE, x: Tensor, batch_size: int = 1000) -> np.ndarray:
         return torch.cat([model.posterior(xb).mean for xb in x.split(batch_size)]).double().cpu().numpy()
 
 
-def training_images(data: DeviceData, eval_seed: int) -> Tensor:
-    """Binary training images [N, P]: under dynamic binarization one Bernoulli draw seeded by `eval_seed` (the
-    config's data.eval_seed), so the codes and the fitted mixture are reproducible; otherwise the run's fixed draw."""
-    if data.binarize != "dynamic":
-        return data.x_train
-    return binarize(data.x_train.cpu(), "dynamic", torch.Generator().manual_seed(eval_seed)).to(data.x_train.device)
-
-
 def load_run_density(run_dir: str | Path) -> GMMDensity:
     """The mixture fitted by `vaelab fit-density RUN`."""
     return GMMDensity.load(Path(run_dir) / DENSITY_FILE)
-
-
-def fit_run_density(run: LoadedRun, run_dir: str | Path, components: int | str = 20, covariance_type: str = "full",
-                    seed: int = 0) -> tuple[GMMDensity, np.ndarray, dict[int, float] | None]:
-    """Encode the training set, fit the mixture (K by BIC when components == "auto"), write RUN/density.npz
-    (and RUN/bic.json for auto). Returns (density, codes [N, D], BIC curve or None)."""
-    codes = encode(run.model, training_images(run.data, run.cfg.data.eval_seed))
-    curve = None
-    if components == "auto":
-        components, curve = select_components(codes, AUTO_COMPONENTS, covariance_type, seed)
-        write_json(Path(run_dir) / BIC_FILE, {"covariance_type": covariance_type, "best_k": components,
-                                              "bic": {str(k): v for k, v in curve.items()}})
-    density = GMMDensity(int(components), covariance_type, seed).fit(codes)
-    density.save(Path(run_dir) / DENSITY_FILE)
-    return density, codes, curve
-
-
-def parse_components(text: str) -> int | str:
-    """`--components`: a positive integer, or "auto" (K by BIC over AUTO_COMPONENTS)."""
-    if text == "auto":
-        return text
-    try:
-        k = int(text)
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise VaelabError(f"--components {text!r} is neither a positive integer nor auto: e.g. --components 20")
-    return k
-
-
-def json_summary(density: GMMDensity, codes: np.ndarray, curve: dict[int, float] | None) -> str:
-    """A short JSON summary of a fit for the command line."""
-    out = {"n_components": density.n_components, "covariance_type": density.covariance_type,
-           "n_codes": len(codes), "dim": density.dim, "converged": density.converged_, "n_iter": density.n_iter_,
-           "mean_log_density": float(density.score_samples(codes).mean()), "bic": density.bic(codes)}
-    if curve is not None:
-        out["bic_curve"] = {str(k): round(v, 2) for k, v in curve.items()}
-        if density.n_components == max(curve):
-            out["note"] = "BIC is still falling at the largest K tried: the best K may be larger"
-    return json.dumps(out, indent=2)

@@ -1,5 +1,6 @@
 """One process or many: torchrun's process group, sharding of batches and test images across the ranks, and the
-training step wrapped in DistributedDataParallel (device, autocast, compile and TF32 are hardware.py's).
+training forward wrapped in DistributedDataParallel (`ddp`; the step itself is train.py's, device, autocast,
+compile and TF32 are hardware.py's).
 
 Under `torchrun --nproc_per_node N -m vaelab train CONFIG` every rank holds the whole data set, draws the same
 epoch permutation from the shared seeded generator, and takes its slice of each global batch of B images (rank r
@@ -21,10 +22,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +32,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .errors import VaelabError
-from .estimators import Estimate, Estimator
-from .hardware import autocast_twin, compile_step
-from .model import VAE
 
 TIMEOUT_ENV = "VAELAB_DIST_TIMEOUT_S"   # seconds a collective waits for a stalled rank (default 600)
 
@@ -174,24 +171,9 @@ def seed_sampling(seed: int, ctx: Context, *keys: int) -> None:
         torch.manual_seed(rank_seed(seed, ctx, *keys))
 
 
-class TrainStep(nn.Module):
-    """The model and its estimator as one module, so DDP and torch.compile see every trained parameter (the
-    estimator's control networks too) and buffer. `forward(x, kl_weight)` returns the estimator's Estimate.
-
-    With `autocast` the estimator sees a twin of the model whose encoder and decoder (the same modules, so the
-    same parameters) run under autocast; validation and evaluation keep using the fp32 model."""
-
-    def __init__(self, model: VAE, estimator: Estimator, autocast: str | None = None) -> None:
-        super().__init__()
-        self.model, self.estimator = autocast_twin(model, autocast), estimator
-
-    def forward(self, x: Tensor, kl_weight: float = 1.0) -> Estimate:
-        return self.estimator(self.model, x, kl_weight)
-
-
-def unused_parameters(step: TrainStep, x: Tensor) -> list[str]:
-    """Names of trained parameters the step's loss does not reach, found by one backward pass in eval mode
-    (estimators update running statistics only in training mode). DDP must be told about them."""
+def unused_parameters(step: nn.Module, x: Tensor) -> list[str]:
+    """Names of trained parameters the loss of `step(x)` (an Estimate) does not reach, found by one backward pass
+    in eval mode (estimators update running statistics only in training mode). DDP must be told about them."""
     was_training = step.training
     step.eval()
     step(x).loss.backward()
@@ -201,25 +183,23 @@ def unused_parameters(step: TrainStep, x: Tensor) -> list[str]:
     return unused
 
 
-def make_step(model: VAE, estimator: Estimator, ctx: Context, probe: Tensor, compile: bool = False,
-              autocast: str | None = None, compile_mode: str = "default") -> Callable[[Tensor, float], Estimate]:
-    """The training forward: TrainStep, wrapped in DDP when distributed and in torch.compile when asked.
+def ddp(forward: nn.Module, ctx: Context, probe: Tensor, sync_buffers: bool) -> nn.Module:
+    """The training forward (train.Objective: `(x, kl_weight) -> Estimate`) in DistributedDataParallel under
+    torchrun; `forward` itself in one process.
 
     `probe` (a few images) finds parameters the loss does not use, the one case where DDP needs
-    `find_unused_parameters` (which costs a graph traversal per step)."""
-    step: Any = TrainStep(model, estimator, autocast)
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+    `find_unused_parameters` (which costs a graph traversal per step). `sync_buffers`: the estimator keeps running
+    statistics, broadcast from rank 0 before every forward."""
+    if not ctx.distributed:
+        return forward
+    from torch.nn.parallel import DistributedDataParallel
 
-        unused = unused_parameters(step, probe)
-        sync = any(True for _ in estimator.buffers())    # running statistics: rank 0's, before every forward
-        new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.13
-        step = DistributedDataParallel(
-            step, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=bool(unused), **{"forward_sync_buffers" if new_name else "broadcast_buffers": sync})
-    if compile:
-        step = compile_step(step, compile_mode)
-    return step
+    unused = unused_parameters(forward, probe)
+    new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters   # torch >= 2.13
+    return DistributedDataParallel(
+        forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+        find_unused_parameters=bool(unused), **{"forward_sync_buffers" if new_name else "broadcast_buffers":
+                                                sync_buffers})
 
 
 def gather_rows(values: dict[str, Tensor], total: int, ctx: Context) -> dict[str, Tensor]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from .errors import VaelabError
+from .errors import check_number
 from .model import VAE
 from .registry import Registry
 
@@ -29,12 +29,13 @@ class Estimate:
 
 
 class Estimator(nn.Module):
-    """Base class. `forward(model, x, kl_weight)` returns an Estimate; `kl_weight` scales only the trained KL."""
+    """Base class. `forward(model, x, kl_weight)` returns an Estimate; `kl_weight` scales only the trained KL and is
+    a float or a 0-dim tensor (a CUDA graph's), used the same way: as a factor, never branched on."""
 
     needs: frozenset[str] = frozenset()   # subset of LatentFamily.offers(): rsample, discrete, kl, kl_at, factorised
     unbiased = True                       # False for relaxations (Gumbel, straight-through)
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         raise NotImplementedError
 
 
@@ -45,10 +46,9 @@ class MultiSample(Estimator):
 
     def __init__(self, num_samples: int = 4) -> None:
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < self.min_samples:
-            name = next((n for n in ESTIMATORS if ESTIMATORS.get(n) is type(self)), type(self).__name__)
-            raise VaelabError(f"{name} needs estimator.kwargs.num_samples >= {self.min_samples} (an integer), "
-                              f"got {num_samples!r}")
+        name = next((n for n in ESTIMATORS if ESTIMATORS.get(n) is type(self)), type(self).__name__)
+        check_number("estimator.kwargs.num_samples", num_samples, self.min_samples, integer=True,
+                     fix=f"{name} needs at least {self.min_samples} per image")
         self.num_samples = num_samples
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, RelaxedBernoulli
 
 from . import score_function  # noqa: F401  (registers sfe, sfe-avg, nvil, rloo, vimco)
-from .errors import VaelabError
+from .errors import VaelabError, check_number
 from .estimator_base import ESTIMATORS, Estimate, Estimator, MultiSample, estimate
 from .model import VAE
 from .nets import ACTIVATIONS
@@ -29,7 +29,7 @@ class Reparam(Estimator):
 
     needs = frozenset({"rsample", "kl_at"})
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)                      # batch [B], event [D]
         z = q.rsample()                             # [B, D]
         rec = model.likelihood(z).log_prob(x)       # [B]
@@ -41,7 +41,7 @@ class Reparam(Estimator):
 class Autoencoder(Estimator):
     """A deterministic autoencoder's loss: the Bernoulli reconstruction term alone (the seed's eq. 12)."""
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         z = model.posterior(x).mean                 # [B, D]
         rec = model.likelihood(z).log_prob(x)       # [B]
         return estimate(-rec.mean(), rec, torch.zeros_like(rec))
@@ -64,16 +64,16 @@ class IWAE(MultiSample):
     def __init__(self, num_samples: int = 5) -> None:
         super().__init__(num_samples)
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         z = q.rsample((self.num_samples,))                      # [K, B, D]
         rec = model.likelihood(z).log_prob(x)                   # [K, B]
-        log_ratio = model.prior().log_prob(z) - q.log_prob(z)   # [K, B] log p(z) - log q(z|x)
+        log_q = q.log_prob(z)                                   # [K, B]
+        log_ratio = model.prior().log_prob(z) - log_q           # [K, B] log p(z) - log q(z|x)
         log_k = math.log(self.num_samples)
-        bound = torch.logsumexp(rec + log_ratio, 0) - log_k     # [B] the bound at beta = 1
-        at_one = isinstance(kl_weight, float) and kl_weight == 1.0     # a tensor weight (CUDA graphs): no host sync
-        trained = bound if at_one else torch.logsumexp(rec + kl_weight * log_ratio, 0) - log_k
-        kl = -log_ratio.mean(0) if model.latent.mc_kl else model.latent.kl(q)  # [B]
+        bound = torch.logsumexp(rec + log_ratio, 0) - log_k     # [B] the bound at beta = 1, reported
+        trained = torch.logsumexp(rec + kl_weight * log_ratio, 0) - log_k  # [B] the bound at beta = kl_weight
+        kl = model.latent.mean_kl(model.kl_at(q, z, log_q))     # [B]
         return estimate(-trained.mean(), rec.mean(0), kl, iw_bound=bound)
 
 
@@ -101,6 +101,11 @@ def build_estimator(name: str, kwargs: dict, model: VAE) -> Estimator:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def check_temperature(temperature: float) -> None:
+    """A relaxation's temperature: a finite number > 0."""
+    check_number("estimator.kwargs.temperature", temperature, 0, open_lo=True, fix="e.g. 0.5 or 1.0")
+
+
 def bernoulli_logits(q: Distribution) -> Tensor:
     """The [B, D] logits of a factorised Bernoulli posterior; other posteriors are refused with the fix."""
     base = getattr(q, "base_dist", q)
@@ -123,8 +128,7 @@ class BinaryConcrete(Estimator):
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise VaelabError(f"estimator.kwargs.temperature must be positive, got {temperature}")
+        check_temperature(temperature)
         self.temperature = temperature
 
     def relaxed(self, q: Distribution) -> tuple[Tensor, Tensor]:
@@ -134,7 +138,7 @@ class BinaryConcrete(Estimator):
         soft = RelaxedBernoulli(tau, logits=logits, validate_args=False).rsample()  # [B, D]
         return soft, (soft > 0.5).to(soft.dtype)
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         soft, hard = self.relaxed(q)
         relaxed_rec = model.likelihood(soft).log_prob(x)        # [B]
@@ -150,7 +154,7 @@ class StraightThrough(BinaryConcrete):
     """Straight-through Gumbel estimator (Jang et al. 2017, sec. 2.2): the decoder sees the hard sample, the
     gradient flows through the binary Concrete relaxation. Biased (`unbiased = False`)."""
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         soft, hard = self.relaxed(q)
         rec = model.likelihood(hard + soft - soft.detach()).log_prob(x)  # [B] value at the hard sample
@@ -169,7 +173,7 @@ class DisARM(Estimator):
 
     needs = frozenset({"discrete", "factorised", "kl"})
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         logits = bernoulli_logits(q)                            # [B, D]
         probs = torch.sigmoid(logits.detach())
@@ -199,8 +203,7 @@ class RELAX(Estimator):
     def __init__(self, data_dim: int, latent_dim: int, hidden: int = 50, temperature: float = 0.5,
                  activation: str = "tanh") -> None:
         super().__init__()
-        if temperature <= 0:
-            raise VaelabError(f"estimator.kwargs.temperature must be positive, got {temperature}")
+        check_temperature(temperature)
         if activation not in ACTIVATIONS:
             raise VaelabError(f"estimator.kwargs.activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
@@ -234,7 +237,7 @@ class RELAX(Estimator):
         f = model.likelihood(b).log_prob(x)                                      # [B]
         return (f.detach() - c_zt)[:, None] * (b - theta) + dc, f, b
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         logits = bernoulli_logits(q)                                             # [B, D]
         with torch.enable_grad():

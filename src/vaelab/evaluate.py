@@ -9,13 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
-from tqdm.auto import tqdm
 
 from .distributed import Context, gather_rows, seed_sampling
 from .exact import exact_loglik
 from .hardware import chunk_rows
-from .latents import PointMass
 from .model import VAE
+from .progress import bar
 
 
 @torch.no_grad()
@@ -27,7 +26,7 @@ def elbo_terms(model: VAE, x: Tensor, batch_size: int = 1000) -> dict[str, Tenso
         q = model.posterior(xb)
         z = q.sample()                                   # [B, D]
         rec = model.likelihood(z).log_prob(xb)           # [B]
-        kl = torch.zeros_like(rec) if isinstance(q, PointMass) else model.latent.kl_at(q, z)  # [B]; AE: no KL (eq. 12)
+        kl = torch.zeros_like(rec) if model.is_autoencoder else model.kl_at(q, z)  # [B]; an AE has no KL (eq. 12)
         for k, v in (("elbo", rec - kl), ("rec", rec), ("kl", kl)):
             parts[k].append(v)
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -45,7 +44,7 @@ def iw_loglik_terms(model: VAE, x: Tensor, k: int = 5000, batch_size: int = 500,
     float32, so memory is bounded. `proposal` replaces q(z|x) (an autoencoder's fitted proposal, say)."""
     proposal = proposal or model.posterior
     logliks, mc_vars = [], []
-    for xb in tqdm(x.split(batch_size), desc=f"IW log-likelihood K={k}", disable=not progress, leave=False):
+    for xb in bar(x.split(batch_size), f"IW log-likelihood, K={k}, {len(x)} images", progress):
         q = proposal(xb)
         per_chunk = max(1, chunk_rows(xb.device, xb.shape[1]) // xb.shape[0])
         lse, lse2 = [], []

@@ -11,12 +11,12 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .errors import VaelabError
 from .hardware import chunk_rows
 from .latents import BernoulliLatent
 from .model import VAE
+from .progress import bar
 
 MAX_EXACT_DIM = 20
 
@@ -51,7 +51,7 @@ def exact_loglik(model: VAE, x: Tensor, batch_size: int = 500, max_dim: int = MA
     """log p(x) = logsumexp over all 2^D codes of log p(z) + log p(x|z): per-example [N], exact up to rounding."""
     dim = check_enumerable(model, max_dim)
     out = []
-    for xb in tqdm(x.split(batch_size), desc=f"exact log p(x), 2^{dim} codes", disable=not progress, leave=False):
+    for xb in bar(x.split(batch_size), f"exact log p(x), 2^{dim} codes, {len(x)} images", progress):
         parts = []
         for codes in code_chunks(model, xb, len(xb)):
             z = codes[:, None, :].expand(-1, len(xb), -1)                 # [C, B, D]

@@ -21,6 +21,7 @@ from .errors import VaelabError
 from .estimators import Estimator
 from .exact import code_chunks, exact_iw_bound, exact_kl, expected_reconstruction
 from .model import VAE
+from .progress import bar, stage
 from .score_function import RLOO
 
 EXACT_MAX_DIM = 16
@@ -56,13 +57,14 @@ def exact_grad(model: VAE, x: Tensor, params: Sequence[nn.Parameter], objective:
 
 
 def estimator_grads(estimator: Estimator, model: VAE, x: Tensor, params: Sequence[nn.Parameter], draws: int,
-                    replicas: int = 1) -> Tensor:
+                    replicas: int = 1, progress: bool = False, desc: str = "gradient draws") -> Tensor:
     """`draws` independent gradient estimates of the objective w.r.t. `params`: [draws, n_params].
 
     Each row is one estimator call on `x` repeated `replicas` times along the batch, i.e. the mean of `replicas`
     independent single-draw gradients (faster in tests; the per-draw covariance is `replicas` times the rows').
     The estimator runs in eval mode, so running baselines stay frozen. NVIL's normalisation factor
     (stats["encoder_grad_scale"]) is divided out of the encoder entries, measuring the estimator before rescaling.
+    `progress`: a bar over the draws, named `desc` (progress.py).
     """
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     is_encoder = torch.cat([torch.full((p.numel(),), id(p) in encoder_ids) for p in params]).to(x.device)
@@ -71,7 +73,7 @@ def estimator_grads(estimator: Estimator, model: VAE, x: Tensor, params: Sequenc
     estimator.eval()
     rows = []
     try:
-        for _ in range(draws):
+        for _ in bar(range(draws), desc, progress, unit="draws"):
             est = estimator(model, xr)
             g = flat_grad(-est.loss, params)
             if "encoder_grad_scale" in est.stats:
@@ -99,9 +101,10 @@ def warm_up(estimator: Estimator, model: VAE, x: Tensor, steps: int = 100, lr: f
 
 
 def reference_grad(model: VAE, x: Tensor, params: Sequence[nn.Parameter], draws: int = 20,
-                   num_samples: int = 500) -> tuple[Tensor, float]:
+                   num_samples: int = 500, progress: bool = False) -> tuple[Tensor, float]:
     """An unbiased high-draw ELBO gradient (RLOO with `num_samples` samples, `draws` times) and its noise norm."""
-    grads = estimator_grads(RLOO(num_samples).to(x.device), model, x, params, draws)
+    grads = estimator_grads(RLOO(num_samples).to(x.device), model, x, params, draws, progress=progress,
+                            desc=f"gradvar: reference gradient, RLOO with {num_samples} samples")
     return grads.mean(0), math.sqrt(grads.var(0).sum().item() / draws)
 
 
@@ -125,20 +128,22 @@ def summarize_grads(grads: Tensor, target: Tensor | None, replicas: int = 1) -> 
 
 def diagnose(estimators: dict[str, Estimator], model: VAE, x: Tensor, draws: int = 1000,
              params: Sequence[nn.Parameter] | None = None, reference_draws: int = 20,
-             reference_samples: int = 500) -> dict[str, Any]:
+             reference_samples: int = 500, progress: bool = False) -> dict[str, Any]:
     """Per estimator: bias against the exact (or reference) gradient, variance, MSE, cosine and seconds per draw.
 
-    `params` default to the encoder's, whose gradient is what the estimators differ in.
+    `params` default to the encoder's, whose gradient is what the estimators differ in. `progress`: a stage line
+    for the target gradient and a bar over each estimator's draws (progress.py).
     """
     label = "encoder" if params is None else "selected"
     params = list(model.encoder.parameters()) if params is None else list(params)
     dim = model.latent.dim
     exact = dim <= EXACT_MAX_DIM
     if exact:
+        stage(f"gradvar: exact gradient, enumerating 2^{dim} codes for {len(x)} images", progress)
         target, ref_noise = exact_grad(model, x, params), 0.0
         reference = f"exact: enumeration of all 2^{dim} codes"
     else:
-        target, ref_noise = reference_grad(model, x, params, reference_draws, reference_samples)
+        target, ref_noise = reference_grad(model, x, params, reference_draws, reference_samples, progress)
         reference = (f"reference: mean of {reference_draws} RLOO gradients with {reference_samples} samples each "
                      f"(2^{dim} codes are too many to enumerate); its noise norm is {ref_noise:.4g}")
     rows = []
@@ -148,7 +153,7 @@ def diagnose(estimators: dict[str, Estimator], model: VAE, x: Tensor, draws: int
         if objective == "iw":
             row_target = exact_grad(model, x, params, "iw", k) if exact and dim * k <= 16 else None
         t0 = time.perf_counter()
-        grads = estimator_grads(est, model, x, params, draws)
+        grads = estimator_grads(est, model, x, params, draws, progress=progress, desc=f"gradvar: {name}")
         seconds = (time.perf_counter() - t0) / draws
         rows.append({"estimator": name, "unbiased": bool(est.unbiased),
                      "target": "elbo" if objective == "elbo" else f"iw bound, K={k}",
@@ -201,9 +206,10 @@ def plot_gradvar(result: dict[str, Any], path) -> None:
 
 def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None = None, warmup: int = 100,
             overrides: Sequence[str] = (), device: str = "auto", seed: int = 0,
-            data_source: str | None = None) -> tuple[dict[str, Any], str]:
+            data_source: str | None = None, progress: bool = False) -> tuple[dict[str, Any], str]:
     """`vaelab gradvar`: load a run (trained parameters) or build a config's model (initial parameters), take a
-    fixed binarized training batch, warm up fresh estimators' state, and `diagnose`. Returns (result, out dir)."""
+    fixed binarized training batch, warm up fresh estimators' state, and `diagnose`. Returns (result, out dir):
+    RUN/gradvar, or runs/<name>/gradvar with the config's name as `vaelab train` gives it (`config.name_variant`)."""
     from pathlib import Path
 
     from .config import load_config
@@ -220,7 +226,7 @@ def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None 
         cfg, model, data, own = run.cfg, run.model, run.data, {run.cfg.estimator.name: run.estimator}
         out = path / "gradvar"
     else:
-        cfg = load_config(path, [*overrides, *([f"data.source={data_source}"] if data_source else [])])
+        cfg = load_config(path, [*overrides, *([f"data.source={data_source}"] if data_source else [])], named=True)
         dev = resolve_device(device)
         data = prepare_data(cfg.data, dev)
         model, _ = build(cfg, data, dev)
@@ -237,7 +243,7 @@ def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None 
         kwargs = cfg.estimator.kwargs if name == cfg.estimator.name else {}
         estimators[name] = build_estimator(name, kwargs, model).to(x.device)
         warm_up(estimators[name], model, x, warmup)
-    result = diagnose(estimators, model, x, draws)
+    result = diagnose(estimators, model, x, draws, progress=progress)
     result |= {"source": str(source), "config": cfg.name, "warmup_steps": warmup, "seed": seed,
                "trained_state_from_run": sorted(set(own) & set(names))}   # these were not warmed up
     return result, str(out)

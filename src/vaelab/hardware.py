@@ -100,7 +100,7 @@ def autocast_twin(model: VAE, autocast: str | None, encoder: bool = True) -> VAE
 
 def compile_step(step: nn.Module, mode: str = "default") -> Callable[[Tensor, float | Tensor], Any]:
     """torch.compile of the step's forward (and, through AOTAutograd, its backward); the optimizer stays eager.
-    The compiled callable returns what `step` returns (an Estimate for distributed.TrainStep).
+    The compiled callable returns what `step` returns (an Estimate for train.Objective).
 
     The KL weight reaches the compiled code as a device scalar: torch.compile specialises on Python floats, so a
     KL warm-up schedule would otherwise recompile at every step and, past dynamo's recompile limit, run eagerly.

@@ -4,10 +4,12 @@ A family is a small `nn.Module` (so a learned prior is a parameter and travels w
   params_per_dim   encoder outputs per latent dimension
   reparameterizable / discrete / has_kl / mc_kl / factorised   what gradient estimators may use (`offers`,
                    checked when a model is built)
+  autoencoder      q(z|x) is a point mass: no KL, and no prior until one is fitted (`is_autoencoder` asks)
   posterior(h)     h [B, params_per_dim * D] -> Distribution with batch [B], event [D]
   prior()          Distribution with event [D]
   kl(q)            [B] analytic KL[q(z|x) || p(z)] (families with has_kl)
   kl_at(q, z)      the KL term at the estimator's own sample z: kl(q), or log q(z|x) - log p(z) (mc_kl families)
+  mean_kl(kl)      kl_at's value for K samples [K, B] averaged over them: the KL term a K-sample estimator reports
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
-from .errors import VaelabError
+from .errors import VaelabError, check_number
 from .flows import MADE, AutoregressiveBernoulli, IAFPosterior, IAFStep
 from .registry import Registry
 
@@ -35,6 +37,7 @@ class LatentFamily(nn.Module):
     has_kl = True          # kl(q) in closed form
     mc_kl = False          # no closed form: the KL term is log q(z|x) - log p(z) at the estimator's sample
     factorised = False     # q(z|x) = prod_i q(z_i|x), its parameters at q.base_dist (DisARM, relaxations)
+    autoencoder = False    # a deterministic code (a point mass): no KL term, no prior until a density is fitted
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -48,13 +51,19 @@ class LatentFamily(nn.Module):
                  "kl_at": cls.has_kl or cls.mc_kl, "factorised": cls.factorised}
         return frozenset(name for name, ok in flags.items() if ok)
 
-    def kl_at(self, q: Distribution, z: Tensor) -> Tensor:
+    def kl_at(self, q: Distribution, z: Tensor, log_q: Tensor | None = None) -> Tensor:
         """The KL term for an estimator that drew z [*S, B, D] from q: analytic kl(q) [B] when the family has
         one, else the single-sample Monte Carlo estimate log q(z|x) - log p(z) [*S, B] (unbiased; Kingma &
-        Welling 2014, estimator A, eq. 6). Pass the z of the reconstruction: rec - kl_at = log p(x,z) - log q(z|x)."""
+        Welling 2014, estimator A, eq. 6). Pass the z of the reconstruction: rec - kl_at = log p(x,z) - log q(z|x);
+        and `log_q` = q.log_prob(z) when the caller has it already."""
         if self.mc_kl:
-            return q.log_prob(z) - self.prior().log_prob(z)
+            return (q.log_prob(z) if log_q is None else log_q) - self.prior().log_prob(z)
         return self.kl(q)
+
+    def mean_kl(self, kl: Tensor) -> Tensor:
+        """The KL term [B] of an estimator that drew K samples z [K, B, D], from `kl_at`'s value for them: the K
+        Monte Carlo estimates [K, B] averaged over the samples (mc_kl families), the closed form [B] as it is."""
+        return kl.mean(0) if self.mc_kl else kl
 
     def posterior(self, h: Tensor) -> Distribution:
         raise NotImplementedError
@@ -64,6 +73,19 @@ class LatentFamily(nn.Module):
 
     def kl(self, q: Distribution) -> Tensor:
         raise NotImplementedError
+
+
+def is_autoencoder(latent: str | LatentFamily | type[LatentFamily]) -> bool:
+    """The one answer to "is this an autoencoder": whether a latent family (its registered name, class or instance;
+    a model answers through `VAE.is_autoencoder`, a config through its model.latent) has a deterministic code."""
+    return (LATENTS.get(latent) if isinstance(latent, str) else latent).autoencoder
+
+
+def check_units(hidden_units: int | None, family: str) -> None:
+    """The MADE width of a non-factorised family: None (twice the code's size) or an integer >= 1."""
+    if hidden_units is not None:
+        check_number("model.latent_kwargs.hidden_units", hidden_units, 1, integer=True,
+                     fix=f"give {family} a positive MADE width, or null for twice latent_dim")
 
 
 @LATENTS.register("gaussian")
@@ -117,8 +139,8 @@ class BernoulliLatent(LatentFamily):
 
     def __init__(self, dim: int, prior_probs: float = 0.5, learn_prior: bool = False) -> None:
         super().__init__(dim)
-        if not 0.0 < prior_probs < 1.0:
-            raise VaelabError(f"model.latent_kwargs.prior_probs={prior_probs} must lie strictly between 0 and 1")
+        check_number("model.latent_kwargs.prior_probs", prior_probs, 0, 1, open_lo=True, open_hi=True,
+                     fix="e.g. 0.5, the seed's uniform prior")
         logits = torch.full((dim,), math.log(prior_probs / (1.0 - prior_probs)))
         if learn_prior:
             self.prior_logits = nn.Parameter(logits)
@@ -167,6 +189,7 @@ class DeterministicLatent(LatentFamily):
     reparameterizable = True
     has_kl = False
     factorised = True
+    autoencoder = True
 
     def posterior(self, h: Tensor) -> Distribution:
         return PointMass(h)
@@ -193,9 +216,9 @@ class GaussianIAFLatent(GaussianLatent):
 
     def __init__(self, dim: int, steps: int = 2, hidden_units: int | None = None) -> None:
         super().__init__(dim)
-        if steps < 1 or (hidden_units is not None and hidden_units < 1):
-            raise VaelabError(f"gaussian_iaf needs steps >= 1 and hidden_units >= 1 (got {steps}, {hidden_units}): "
-                              "fix model.latent_kwargs")
+        check_number("model.latent_kwargs.steps", steps, 1, integer=True,
+                     fix="gaussian_iaf needs at least one flow step, e.g. 2")
+        check_units(hidden_units, "gaussian_iaf")
         hidden = hidden_units or 2 * dim
         self.steps = nn.ModuleList(MADE(dim, dim, hidden, 2, reverse=t % 2 == 1) for t in range(steps))
         for made in self.steps:   # start each step close to the identity: sigma = sigmoid(s) near 1
@@ -223,8 +246,7 @@ class AutoregressiveBernoulliLatent(BernoulliLatent):
     def __init__(self, dim: int, prior_probs: float = 0.5, learn_prior: bool = False,
                  hidden_units: int | None = None) -> None:
         super().__init__(dim, prior_probs, learn_prior)
-        if hidden_units is not None and hidden_units < 1:
-            raise VaelabError(f"bernoulli_ar needs hidden_units >= 1, got {hidden_units}: fix model.latent_kwargs")
+        check_units(hidden_units, "bernoulli_ar")
         self.made = MADE(dim, dim, hidden_units or 2 * dim, 1)
 
     def posterior(self, h: Tensor) -> Distribution:

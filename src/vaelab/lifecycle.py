@@ -6,6 +6,8 @@
   when its holder dies (SIGKILL, power loss), so a lock left by a dead process is stale by construction and taken
   over; a live holder makes a second writer fail at once with exit code 2 (the file names its pid). The holder
   removes the file when it is done.
+- `starting_point` / `open_for_writing`: what `train` starts from (a checkpoint, a stranded run's config.yaml or
+  the given config), and rank 0 creating the directory, taking the lock and writing config.yaml.
 - `StopSignals`: SIGINT, SIGTERM and SIGHUP during training ask for a stop; training checkpoints at the next safe
   point (after the current optimisation step in one process, at the end of the epoch under torchrun) and exits
   resumably (`errors.Stopped`). A second SIGINT interrupts at once.
@@ -15,15 +17,21 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+from . import distributed, faults
+from .atomic import atomic_write_text
 from .checks import check_writable_dir
-from .config import Config, load_config
+from .config import Config, load_config, validate
 from .errors import VaelabError
+from .run import read_checkpoint
 
 LOCK_FILE = "train.lock"
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoint", "checkpoint.old")
@@ -61,6 +69,47 @@ def stranded_config(run_dir: Path) -> Config:
         raise VaelabError(f"{run_dir} holds no checkpoint and no config.yaml: start it again with "
                           f"`vaelab train CONFIG --out {run_dir}`")
     return load_config(path)
+
+
+def starting_point(cfg: Config | None, run_dir: Path, resume: bool, kind: str,
+                   epochs: int | None) -> tuple[Config, dict | None, dict[str, Any]]:
+    """The config, checkpoint tensors (None for a fresh start) and training state (state.pt's dict) to start from.
+    `epochs` extends a resumed run; `kind` is `run_dir_kind`'s answer, taken under the run's lock."""
+    state: dict[str, Any] = {"epoch": 0, "history": []}
+    if resume and kind == "run":
+        cfg, tensors, state = read_checkpoint(run_dir)
+        if epochs is not None:
+            stopped_in = state["epoch"] + 1 if "partial" in state else 0
+            if epochs < stopped_in:
+                raise VaelabError(f"--epochs {epochs}: the run stopped inside epoch {stopped_in}; "
+                                  f"give --epochs {stopped_in} or more")
+            cfg.train.epochs = epochs
+        return cfg, tensors, state
+    if kind == "stranded" and distributed.is_main_process():    # said even with --quiet: it changes what runs
+        what = "starting it from step 0 with its config.yaml" if resume else "restarting it"
+        print(f"vaelab: {run_dir} holds a run stopped before its first checkpoint: {what}", file=sys.stderr)
+    if resume:
+        cfg = stranded_config(run_dir)
+        cfg.train.epochs = epochs or cfg.train.epochs
+    return validate(cfg), None, state
+
+
+def open_for_writing(run_dir: Path, lock: RunLock, resume: bool, kind: str, write_config: bool,
+                     cfg: Config) -> None:
+    """Rank 0: create the run directory, take its lock (if not yet held), check again under the lock that no
+    other process made it a run meanwhile, and write config.yaml."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VaelabError(f"cannot create {run_dir} ({err.strerror}): choose another --out") from err
+    if not lock.held:
+        lock.acquire()
+        kind = check_run_dir(run_dir, resume)
+    faults.point("locked")
+    if kind == "stranded" and not resume:
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)    # the stopped attempt's (empty) TensorBoard files
+    if write_config:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
 
 
 class RunLock:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent
 
 from .errors import VaelabError
-from .latents import LATENTS, LatentFamily
+from .latents import LATENTS, LatentFamily, is_autoencoder
 from .nets import NETS
 
 
@@ -37,6 +37,11 @@ class VAE(nn.Module):
         self.encoder, self.decoder, self.latent = encoder, decoder, latent
         self.image_shape = tuple(image_shape)
 
+    @property
+    def is_autoencoder(self) -> bool:
+        """A deterministic code (latents.is_autoencoder): no KL, and no prior until a density is fitted."""
+        return is_autoencoder(self.latent)
+
     def posterior(self, x: Tensor) -> Distribution:
         """q(z|x): batch [B], event [D]."""
         return self.latent.posterior(self.encoder(x))
@@ -53,9 +58,10 @@ class VAE(nn.Module):
         """Analytic KL[q(z|x) || p(z)]: [B]."""
         return self.latent.kl(q)
 
-    def kl_at(self, q: Distribution, z: Tensor) -> Tensor:
-        """The KL term at the estimator's own sample z: analytic [B], or log q(z|x) - log p(z) [*S, B] (mc_kl)."""
-        return self.latent.kl_at(q, z)
+    def kl_at(self, q: Distribution, z: Tensor, log_q: Tensor | None = None) -> Tensor:
+        """The KL term at the estimator's own sample z: analytic [B], or log q(z|x) - log p(z) [*S, B] (mc_kl);
+        `log_q` = q.log_prob(z) when the caller has it."""
+        return self.latent.kl_at(q, z, log_q)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x, z) = log p(z) + log p(x|z): [*S, B] for z [*S, B, D], x [B, P]."""

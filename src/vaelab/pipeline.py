@@ -1,5 +1,5 @@
 """Run-level steps shared by the CLI, the Python API and `vaelab reproduce`: evaluate, draw a sample grid, score
-sample quality, and the prior they sample from.
+sample quality, the prior they sample from, and fit the latent mixture (`vaelab fit-density`).
 
 Each takes an opened run (`run.open_run`) and its directory, and merges what it measures into RUN/eval.json.
 """
@@ -15,7 +15,7 @@ import torch
 from torch.distributions import Distribution
 
 from .errors import VaelabError
-from .latents import DeterministicLatent
+from .progress import stage
 from .run import LoadedRun, write_json
 
 if TYPE_CHECKING:
@@ -54,10 +54,6 @@ def describe(run: LoadedRun) -> dict[str, Any]:
             "git_commit": git_commit()}
 
 
-def is_autoencoder(run: LoadedRun) -> bool:
-    return isinstance(run.model.latent, DeterministicLatent)
-
-
 def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = None, exact: bool = False,
                  progress: bool = False, ctx: Context | None = None, autocast: str | None = None) -> dict[str, Any]:
     """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture) with its Monte Carlo standard
@@ -84,16 +80,16 @@ def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, e
     from .evaluate import evaluate_model, evaluate_sharded
 
     k = run.cfg.eval.iw_samples if iw_samples is None else iw_samples
-    if ctx is not None and ctx.distributed and not is_autoencoder(run):
+    if exact:
+        from .exact import check_enumerable
+
+        check_enumerable(run.model)   # refused before any work (exact enumeration needs a Bernoulli latent)
+    if ctx is not None and ctx.distributed and not run.model.is_autoencoder:
         return evaluate_sharded(run.model, run.data.x_test, k, run.cfg.eval.batch_size, exact, run.cfg.train.seed,
                                 ctx, progress) or {}
     if ctx is not None and not ctx.is_main:
         return {}
-    if is_autoencoder(run):
-        from .exact import check_enumerable
-
-        if exact:
-            check_enumerable(run.model)   # refuses: exact enumeration needs a Bernoulli latent
+    if run.model.is_autoencoder:
         return evaluate_autoencoder_run(run, run_dir, k, progress=progress)
     return evaluate_model(run.model, run.data.x_test, k, run.cfg.eval.batch_size, progress, exact)
 
@@ -103,7 +99,7 @@ def sampling_prior(run: LoadedRun, run_dir: str | Path, choice: str | None) -> t
     gmm = the fitted mixture (default for autoencoders, which have no prior of their own)."""
     from .density import load_run_density
 
-    is_ae = is_autoencoder(run)
+    is_ae = run.model.is_autoencoder
     choice = choice or ("gmm" if is_ae else "normal")
     if choice == "normal":
         if is_ae:
@@ -128,6 +124,8 @@ def evaluate_autoencoder_run(run: LoadedRun, run_dir: str | Path, iw_samples: in
         return evaluate_autoencoder(run.model, run.data.x_test, None, 0, run.cfg.eval.batch_size)
     density = load_run_density(run_dir)
     model = WithPrior(run.model, density.to_torch(run.device))
+    stage(f"proposal: choosing its widening on {len(run.data.x_valid[:PROPOSAL_FIT_IMAGES])} validation images",
+          progress)
     proposal, inflation, _ = fit_proposal(model, run.data.x_valid[:PROPOSAL_FIT_IMAGES], seed=seed)
     torch.manual_seed(seed)
     metrics = evaluate_autoencoder(model, run.data.x_test, proposal, iw_samples, run.cfg.eval.batch_size, progress)
@@ -159,10 +157,11 @@ def sample_grid(run: LoadedRun, run_dir: str | Path, n: int = 100, mode: str = "
 
 
 def quality_run(run: LoadedRun, run_dir: str | Path, n: int = 10000, mode: str = "bernoulli",
-                prior: str | None = None, classifier: str | None = None, k: int = 3, seed: int = 0) -> dict[str, Any]:
+                prior: str | None = None, classifier: str | None = None, k: int = 3, seed: int = 0,
+                progress: bool = False) -> dict[str, Any]:
     """Sample-quality scores of n samples against the test set, merged into eval.json as quality_MODE_PRIOR.
     `classifier`: a file of `vaelab classifier train` (None: the shipped MNIST one); refused unless it was trained
-    on the run's data (`quality.check_classifier_data`)."""
+    on the run's data (`quality.check_classifier_data`). `progress`: stage lines or bars (progress.py)."""
     from .quality import check_shape, quality_scores
     from .sampling import sample
 
@@ -172,7 +171,7 @@ def quality_run(run: LoadedRun, run_dir: str | Path, n: int = 10000, mode: str =
     torch.manual_seed(seed)
     samples = sample(run.model, n, mode, p_z, torch.Generator(run.device).manual_seed(seed))
     scores = {"mode": mode, "prior": choice, "seed": seed, "classifier": classifier or "shipped mnist_cnn"}
-    scores |= quality_scores(samples, run.data.x_test, net, k)
+    scores |= quality_scores(samples, run.data.x_test, net, k, progress=progress)
     merge_eval(run_dir, {f"quality_{mode}_{choice}": scores})
     return scores
 
@@ -187,3 +186,21 @@ def quality_classifier(source: str, classifier: str | Path | None = None, run_di
     net = load_classifier(classifier, device)
     check_classifier_data(net, source, None if classifier is None else str(classifier), str(run_dir))
     return net
+
+
+def fit_run_density(run: LoadedRun, run_dir: str | Path, components: int | str = 20, covariance_type: str = "full",
+                    seed: int = 0, progress: bool = False):
+    """Encode the training set, fit the mixture (K by BIC over density.AUTO_COMPONENTS when components == "auto"),
+    write RUN/density.npz (and RUN/bic.json for auto). Returns (GMMDensity, codes [N, D], BIC curve or None)."""
+    from . import density as dens
+
+    codes = dens.encode(run.model, run.data.fixed_train_images(run.cfg.data.eval_seed))   # reproducible codes
+    curve = None
+    if components == "auto":
+        components, curve = dens.select_components(codes, dens.AUTO_COMPONENTS, covariance_type, seed, progress)
+        write_json(Path(run_dir) / dens.BIC_FILE, {"covariance_type": covariance_type, "best_k": components,
+                                                   "bic": {str(k): v for k, v in curve.items()}})
+    stage(f"fit-density: EM for {components} {covariance_type}-covariance components on {len(codes)} codes", progress)
+    density = dens.GMMDensity(int(components), covariance_type, seed).fit(codes)
+    density.save(Path(run_dir) / dens.DENSITY_FILE)
+    return density, codes, curve

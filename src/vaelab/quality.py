@@ -24,6 +24,7 @@ from torch.distributions import Categorical
 
 from .classifier import MNIST_FAMILY, DigitCNN, data_identity
 from .errors import VaelabError
+from .progress import bar, stage
 
 FEATURES_NOTE = "Frechet distance on {}-d penultimate features of the vaelab digit classifier (not Inception FID)"
 
@@ -83,10 +84,13 @@ def digit_coverage(probs: Tensor) -> dict:
 
 
 @torch.no_grad()
-def classify(classifier: DigitCNN, x: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    """Penultimate features [N, F] and class probabilities [N, 10] of images x [N, P]."""
+def classify(classifier: DigitCNN, x: Tensor, batch_size: int = 1000, progress: bool = False,
+             desc: str = "classifier features") -> tuple[Tensor, Tensor]:
+    """Penultimate features [N, F] and class probabilities [N, 10] of images x [N, P]; `progress`: a bar over the
+    batches, named `desc` (progress.py)."""
     device = next(classifier.parameters()).device
-    features = torch.cat([classifier.features(part.to(device).float()) for part in x.split(batch_size)])
+    features = torch.cat([classifier.features(part.to(device).float())
+                          for part in bar(x.split(batch_size), desc, progress)])
     return features, classifier.head(features).softmax(1)
 
 
@@ -125,14 +129,19 @@ def check_shape(classifier: DigitCNN, x: Tensor, what: str) -> None:
 
 
 def quality_scores(samples: Tensor, reference: Tensor, classifier: DigitCNN, k: int = 3,
-                   batch_size: int = 1000) -> dict:
-    """All quality scores of samples [N, P] against reference images [M, P] (e.g. the test set)."""
+                   batch_size: int = 1000, progress: bool = False) -> dict:
+    """All quality scores of samples [N, P] against reference images [M, P] (e.g. the test set); `progress`:
+    a bar or a line per stage (progress.py)."""
     check_shape(classifier, samples, "samples")
     check_shape(classifier, reference, "reference images")
-    fake, fake_probs = classify(classifier, samples, batch_size)
-    real, real_probs = classify(classifier, reference, batch_size)
+    fake, fake_probs = classify(classifier, samples, batch_size, progress,
+                                f"quality: features of {len(samples)} samples")
+    real, real_probs = classify(classifier, reference, batch_size, progress,
+                                f"quality: features of {len(reference)} reference images")
+    stage(f"quality: precision and recall, k={k} nearest neighbours", progress)
     precision, recall = precision_recall(real, fake, k, batch_size)
     reference_coverage = digit_coverage(real_probs)
+    stage("quality: Frechet distance of the features", progress)
     return {"fid_classifier_features": frechet_distance(real, fake), "precision": precision, "recall": recall,
             "k": k, **digit_coverage(fake_probs),
             "reference_digit_entropy_fraction": reference_coverage["digit_entropy_fraction"],

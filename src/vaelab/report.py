@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_text
-from .report_parts import RERUN, SHORT, histories, stage_eval
+from .report_parts import RERUN, SHORT, autoencoders, histories, stage_eval
 
 
 def write_study_figures(out: Path, stages) -> dict[str, str]:
@@ -28,7 +28,7 @@ def write_study_figures(out: Path, stages) -> dict[str, str]:
     colors = run_colors(list(short.values()))
     hist = {short[n]: rows for n, rows in histories(out, [s.name for s in stages]).items()}
     evals = {short[s.name]: stage_eval(out, s.name) or {} for s in stages}
-    ae = {short[s.name] for s in stages if evals[short[s.name]].get("estimator") == "ae"}
+    ae = {short[n] for n in autoencoders(out, list(short))}
     vaes = {k: v for k, v in hist.items() if k not in ae}
     finals = {k: (len(hist.get(k, [])), m["iw_loglik"]) for k, m in evals.items() if m.get("iw_loglik") is not None}
     plot_curves(vaes, {"valid_elbo": "valid", "train_elbo": "train"}, "ELBO (nats)", out / "elbo_curves.png",

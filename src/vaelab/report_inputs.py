@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .latent_map import GRID, write_latent_map
 from .run import LoadedRun, open_run, write_json
 
@@ -31,9 +32,10 @@ GRADVAR = {True: {"draws": 100, "batch": 64}, False: {"draws": 1000, "batch": No
 GRADVAR_ESTIMATORS = ("sfe", "sfe-avg", "rloo", "disarm")
 
 
-def prepare_report_inputs(run_dir: Path, quick: bool, device: str = "auto",
-                          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Compute what is missing for this run (see the module docstring); returns RUN/report_inputs.json's content."""
+def prepare_report_inputs(run_dir: Path, quick: bool, device: str = "auto", log: Callable[[str], None] = print,
+                          progress: bool = False) -> dict[str, Any]:
+    """Compute what is missing for this run (see the module docstring); returns RUN/report_inputs.json's content.
+    `log` says what is being made; `progress`: gradvar's bars or stage lines (progress.py)."""
     signature = {"version": VERSION, "quick": quick}
     path = run_dir / INPUTS_FILE
     if path.is_file():
@@ -51,7 +53,7 @@ def prepare_report_inputs(run_dir: Path, quick: bool, device: str = "auto",
     if run.cfg.model.latent == "bernoulli":
         opts = GRADVAR[quick]
         log(f"{run_dir.name}: gradient variance of {', '.join(GRADVAR_ESTIMATORS)} ({opts['draws']} draws)")
-        made["gradvar"] = str(measure_gradvar(run_dir, device, **opts).relative_to(run_dir))
+        made["gradvar"] = str(measure_gradvar(run_dir, device, **opts, progress=progress).relative_to(run_dir))
     values = {"signature": signature, **made}
     write_json(path, values)
     return values
@@ -59,10 +61,11 @@ def prepare_report_inputs(run_dir: Path, quick: bool, device: str = "auto",
 
 def map_inputs(run: LoadedRun, run_dir: Path, n: int = GRID) -> Path:
     """The latent map of a 2-D model: codes of the training images, and the fitted mixture when there is one."""
-    from .density import DENSITY_FILE, GMMDensity, encode, training_images
+    from .density import DENSITY_FILE, GMMDensity, encode
     from .figures_latent import write_latent_figures
 
-    codes, labels = encode(run.model, training_images(run.data, run.cfg.data.eval_seed)), run.data.y_train.cpu().numpy()
+    codes = encode(run.model, run.data.fixed_train_images(run.cfg.data.eval_seed))
+    labels = run.data.y_train.cpu().numpy()
     density = GMMDensity.load(run_dir / DENSITY_FILE) if (run_dir / DENSITY_FILE).is_file() else None
     if density is not None and not (run_dir / "fig" / "latent_gmm_codes.png").is_file():   # a run analysed before
         write_latent_figures(run_dir, codes, labels, density)                                # Figures 7-8 existed
@@ -87,20 +90,16 @@ def embed_codes(run: LoadedRun, path: Path, tsne_points: int, seed: int = 0) -> 
     pick = np.random.default_rng(seed).permutation(len(codes))[:tsne_points]
     perplexity = min(30.0, (len(pick) - 1) / 3)
     tsne = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("tmp." + path.name)
-    with open(tmp, "wb") as f:
-        np.savez(f, pca=pca.transform(codes), pca_labels=labels, pca_var=pca.explained_variance_ratio_,
-                 tsne=tsne.fit_transform(codes[pick]), tsne_labels=labels[pick], dim=np.array(codes.shape[1]))
-    tmp.replace(path)
-    return path
+    arrays = {"pca": pca.transform(codes), "pca_labels": labels, "pca_var": pca.explained_variance_ratio_,
+              "tsne": tsne.fit_transform(codes[pick]), "tsne_labels": labels[pick], "dim": np.array(codes.shape[1])}
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def measure_gradvar(run_dir: Path, device: str, draws: int, batch: int | None) -> Path:
+def measure_gradvar(run_dir: Path, device: str, draws: int, batch: int | None, progress: bool = False) -> Path:
     """`vaelab gradvar RUN --estimators GRADVAR_ESTIMATORS --draws draws --batch batch` into RUN/gradvar/."""
     from .gradcheck import gradvar, plot_gradvar
 
-    result, _ = gradvar(str(run_dir), list(GRADVAR_ESTIMATORS), draws, batch, device=device)
+    result, _ = gradvar(str(run_dir), list(GRADVAR_ESTIMATORS), draws, batch, device=device, progress=progress)
     out = run_dir / "gradvar"
     out.mkdir(exist_ok=True)
     write_json(out / "gradvar.json", result)

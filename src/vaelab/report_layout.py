@@ -22,6 +22,7 @@ from .report_parts import (
     RERUN,
     SHORT,
     Fig,
+    autoencoders,
     md_table,
     metrics_table,
     quality_table,
@@ -92,7 +93,8 @@ def sections(out: Path, stages, missing: dict[str, str]) -> list[tuple[str, list
     short = {s.name: SHORT.get(s.name, s.name) for s in stages}
     table, best = metrics_table(out, stages)
     quality, quality_best = quality_table(out, stages)
-    vaes = ", ".join(short[n] for n in names if n != "ae_gmm")
+    ae_runs = autoencoders(out, names)
+    vaes = ", ".join(short[n] for n in names if n not in ae_runs)
     training = [
         ("figs", [Fig("Figure A", Path("elbo_curves.png"), "ELBO per epoch (solid: validation, dashed: training) "
                       "of every VAE; the star is each model's importance-weighted bound on the test set, computed "
@@ -102,7 +104,7 @@ def sections(out: Path, stages, missing: dict[str, str]) -> list[tuple[str, list
                       "the AE has no KL."),
                   Fig("Figure 11", Path("rec_curves.png"), "Reconstruction term E_q[log p(x|z)] (= -BCE) per epoch, "
                       "all four models (the AE's at its deterministic code).")])]
-    ae = next((n for n in names if (out / n / "density.npz").is_file()), "ae_gmm")
+    ae = next(iter(ae_runs), "ae_gmm")
     recon = [Fig(f"Figure E{i}", Path(n, "fig", "recon_probs.png"), f"{short[n]}: test digits (odd columns) beside "
                  "their reconstructions (omega of the posterior mean code).")
              for i, n in enumerate(names, 1)]

@@ -56,6 +56,15 @@ def histories(out: Path, names: list[str]) -> dict[str, list[dict]]:
     return rows
 
 
+def autoencoders(out: Path, names: list[str]) -> list[str]:
+    """The runs among `names` whose model is an autoencoder: latents.is_autoencoder of the model.latent in each
+    run's config.yaml (a run without one, not trained yet, is not counted)."""
+    from .latents import is_autoencoder
+
+    return [n for n in names if (p := out / n / "config.yaml").is_file()
+            and is_autoencoder(yaml.safe_load(p.read_text())["model"]["latent"])]
+
+
 def fmt(metrics: dict[str, Any], key: str) -> str:
     """A value with its standard error when there is one ("–" when there is no value), as the tables show it."""
     value = metrics.get(key)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 
 from .config import load_config
 from .errors import VaelabError
-from .pipeline import evaluate_run, is_autoencoder, merge_eval, quality_run, read_eval, sample_grid
+from .pipeline import evaluate_run, fit_run_density, merge_eval, quality_run, read_eval, sample_grid
+from .progress import stage as progress_stage
 from .run import open_run, read_checkpoint, write_json
 from .train import train
 
@@ -57,6 +57,11 @@ class Settings:
     iw_samples: int | None = None
     quality_samples: int = 10000
     extra: list[str] = field(default_factory=list)
+    quiet: bool = False               # no stage lines, bars or training lines on stderr
+
+    def log(self, msg: str) -> None:
+        """One "[reproduce] ..." stage line on stderr (progress.stage), none when quiet."""
+        progress_stage(f"[reproduce] {msg}", not self.quiet)
 
     def overrides(self) -> list[str]:
         out = [f"train.device={self.device}", *self.extra]
@@ -75,30 +80,26 @@ class Settings:
 QUICK_EPOCHS, QUICK_IW, QUICK_QUALITY = 5, 200, 2000
 
 
-def log(msg: str) -> None:
-    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
-
-
 def train_stage(stage: Stage, s: Settings, run_dir: Path) -> None:
     """Train, resume an interrupted run, or skip a finished one."""
-    cfg = load_config(stage.config, [*stage.overrides, *s.overrides()])
+    cfg = load_config(stage.config, [*stage.overrides, *s.overrides()], named=True)   # described as changed
     cfg.name = stage.name
     if (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.old").exists():
         saved, _, state = read_checkpoint(run_dir)
-        saved.train.device = cfg.train.device
+        saved.train.device, saved.description = cfg.train.device, cfg.description   # neither changes the run
         if saved != cfg:
             raise VaelabError(f"{run_dir} holds a run trained with other settings (quick vs full, --data or "
                               "--epochs): rerun with --force to retrain, or choose another --out")
         if state["epoch"] >= cfg.train.epochs:
-            log(f"{stage.name}: trained ({state['epoch']} epochs), skipping")
+            s.log(f"{stage.name}: trained ({state['epoch']} epochs), skipping")
             return
-        log(f"{stage.name}: resuming at epoch {state['epoch'] + 1}/{cfg.train.epochs}")
-        train(None, run_dir, resume=True)
+        s.log(f"{stage.name}: resuming at epoch {state['epoch'] + 1}/{cfg.train.epochs}")
+        train(None, run_dir, resume=True, quiet=s.quiet)
         return
     # a run that died before its first checkpoint is restarted by train() itself, under the run's lock (deleting it
     # here could delete a run another process is training in its first epoch)
-    log(f"{stage.name}: training {cfg.train.epochs} epochs ({cfg.estimator.name} estimator)")
-    train(cfg, run_dir)
+    s.log(f"{stage.name}: training {cfg.train.epochs} epochs ({cfg.estimator.name} estimator)")
+    train(cfg, run_dir, quiet=s.quiet)
 
 
 def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
@@ -106,29 +107,28 @@ def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
     signature = {"quick": s.quick, "iw_samples": s.iw_samples, "quality_samples": s.n_quality()}
     done = read_eval(run_dir)
     if done.get("reproduce") == signature:
-        log(f"{stage.name}: evaluated, skipping")
+        s.log(f"{stage.name}: evaluated, skipping")
         return done
     run = open_run(run_dir, s.device)
     k = s.eval_samples(run.cfg.eval.iw_samples)
-    if is_autoencoder(run):
-        from .density import fit_run_density
+    if run.model.is_autoencoder:
         from .figures_latent import write_latent_figures
 
-        log(f"{stage.name}: fitting the 20-component Gaussian mixture to the training codes")
-        density, codes, _ = fit_run_density(run, run_dir, 20, "full")
+        s.log(f"{stage.name}: fitting the 20-component Gaussian mixture to the training codes")
+        density, codes, _ = fit_run_density(run, run_dir, 20, "full", progress=not s.quiet)
         write_latent_figures(run_dir, codes, run.data.y_train.cpu().numpy(), density)
-    log(f"{stage.name}: evaluating on {len(run.data.x_test)} test images (K={k} importance samples)")
-    evaluate_run(run, run_dir, k)
+    s.log(f"{stage.name}: evaluating on {len(run.data.x_test)} test images (K={k} importance samples)")
+    evaluate_run(run, run_dir, k, progress=not s.quiet)
     for mode in ("bernoulli", "threshold", "probs"):
         sample_grid(run, run_dir, 100, mode)
     sample_grid(run, run_dir, 50, "probs", reconstruct=True)
     refusal = quality_refusal(run.cfg.data.source, run_dir)
     if refusal is not None:   # the shipped classifier knows MNIST digits only: note why, and go on with the study
-        log(f"{stage.name}: sample quality not scored: {refusal}")
+        s.log(f"{stage.name}: sample quality not scored: {refusal}")
     else:
         for mode in ("bernoulli", "threshold"):
-            log(f"{stage.name}: sample quality of {s.n_quality()} {mode} samples")
-            quality_run(run, run_dir, s.n_quality(), mode)
+            s.log(f"{stage.name}: sample quality of {s.n_quality()} {mode} samples")
+            quality_run(run, run_dir, s.n_quality(), mode, progress=not s.quiet)
     merge_eval(run_dir, {"reproduce": signature})
     return read_eval(run_dir)
 
@@ -145,7 +145,7 @@ def report_inputs(s: Settings, run_dir: Path) -> None:
     """What the report shows beyond the evaluation (codes in 2-D, latent map, gradient variance); done once."""
     from .report_inputs import prepare_report_inputs
 
-    prepare_report_inputs(run_dir, s.quick, s.device, log)
+    prepare_report_inputs(run_dir, s.quick, s.device, s.log, progress=not s.quiet)
 
 
 def reproduce(s: Settings) -> Path:
@@ -156,7 +156,8 @@ def reproduce(s: Settings) -> Path:
             shutil.rmtree(s.out / stage.name, ignore_errors=True)
     timings = load_timings(s.out)
     for i, stage in enumerate(STUDY, 1):
-        log(f"stage {i}/{len(STUDY)}: {stage.title}  (left after this: {', '.join(t.name for t in STUDY[i:]) or '-'})")
+        left = ", ".join(t.name for t in STUDY[i:]) or "-"
+        s.log(f"stage {i}/{len(STUDY)}: {stage.title}  (left after this: {left})")
         t0 = time.perf_counter()
         run_dir = s.out / stage.name
         train_stage(stage, s, run_dir)
@@ -167,7 +168,7 @@ def reproduce(s: Settings) -> Path:
     from .report import write_report
 
     paths = write_report(s, STUDY, timings)
-    log(f"report: {paths[0]} and {paths[1]}")
+    s.log(f"report: {paths[0]} and {paths[1]}")
     return paths[0]
 
 

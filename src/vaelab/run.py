@@ -25,7 +25,7 @@ from torch import Tensor
 from . import faults
 from .atomic import atomic_write_text, fsync_write
 from .config import Config, DataConfig, config_from_yaml_text
-from .data import Splits, binarize
+from .data import Splits, binarize, fixed_draw
 from .errors import VaelabError
 from .estimators import Estimator, build_estimator
 from .hardware import resolve_device
@@ -53,24 +53,25 @@ class DeviceData:
         """The training images of one epoch: a fresh Bernoulli draw when binarization is dynamic."""
         return binarize(self.x_train, "dynamic", generator) if self.binarize == "dynamic" else self.x_train
 
+    def fixed_train_images(self, seed: int) -> Tensor:
+        """The training images as one fixed draw (`data.fixed_draw` seeded by `seed`, the config's data.eval_seed
+        where codes must be reproducible) under dynamic binarization; otherwise the run's own fixed training draw."""
+        return fixed_draw(self.x_train, "dynamic", seed) if self.binarize == "dynamic" else self.x_train
+
 
 def prepare_data(cfg: DataConfig, device: torch.device, splits: Splits | None = None) -> DeviceData:
-    """Load the splits and put them on `device`. Valid/test are one Bernoulli draw seeded by `cfg.eval_seed` (or
-    thresholded), the same tensor whatever `cfg.binarize` says about the training images, so every run is scored on
-    the same test draw; a static training draw uses its own generator, seeded by `cfg.eval_seed + 1`."""
+    """Load the splits and put them on `device`. Valid/test are `data.fixed_draw`s from one stream seeded by
+    `cfg.eval_seed` (or thresholded), the same tensors whatever `cfg.binarize` says about the training images, so
+    every run is scored on the same test draw; a static training draw has its own seed, `cfg.eval_seed + 1`."""
     splits = splits or load_dataset(cfg.source)
-    mode = "dynamic" if cfg.binarize in ("dynamic", "static") else cfg.binarize   # a fixed draw = one seeded draw
-    eval_gen = torch.Generator().manual_seed(cfg.eval_seed)
-
-    def fixed_draw(a, gen):
-        return binarize(torch.from_numpy(a).float(), mode, gen).to(device)
-
-    x_valid, x_test = fixed_draw(splits.x_valid, eval_gen), fixed_draw(splits.x_test, eval_gen)
-    x_train = torch.from_numpy(splits.x_train).float().to(device) if cfg.binarize == "dynamic" else \
-        fixed_draw(splits.x_train, torch.Generator().manual_seed(cfg.eval_seed + 1))
+    eval_stream = torch.Generator().manual_seed(cfg.eval_seed)              # valid first, then test
+    x_valid, x_test = (fixed_draw(torch.from_numpy(a).float(), cfg.binarize, eval_stream).to(device)
+                       for a in (splits.x_valid, splits.x_test))
+    x_train = torch.from_numpy(splits.x_train).float()
+    x_train = x_train if cfg.binarize == "dynamic" else fixed_draw(x_train, cfg.binarize, cfg.eval_seed + 1)
     labels = [torch.from_numpy(y).long().to(device) for y in (splits.y_train, splits.y_valid, splits.y_test)]
-    return DeviceData(x_train, labels[0], x_valid, labels[1], x_test, labels[2], tuple(splits.image_shape),
-                      cfg.binarize)
+    return DeviceData(x_train.to(device), labels[0], x_valid, labels[1], x_test, labels[2],
+                      tuple(splits.image_shape), cfg.binarize)
 
 
 def build(cfg: Config, data: DeviceData, device: torch.device) -> tuple[VAE, Estimator]:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from .errors import VaelabError
+from .errors import VaelabError, check_number
 from .estimator_base import ESTIMATORS, Estimate, Estimator, MultiSample, estimate
 from .model import VAE
 
@@ -25,7 +25,7 @@ def score_term(log_q: Tensor, signal: Tensor) -> Tensor:
 
 
 def reinforce_terms(model: VAE, q: Distribution, z: Tensor, x: Tensor,
-                    kl_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+                    kl_weight: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """rec = log p(x|z), the KL term at z, and the learning signal a score-function estimator multiplies by
     grad log q(z|x): rec alone when the KL is analytic (its gradient is exact), rec - beta * KL when the KL is a
     Monte Carlo estimate (non-factorised posteriors), since then it depends on the sample too."""
@@ -41,7 +41,7 @@ class ScoreFunction(Estimator):
 
     needs = frozenset({"kl_at"})
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         z = q.sample()                                          # [B, D]
         rec, kl, signal = reinforce_terms(model, q, z, x, kl_weight)  # [B] each
@@ -63,25 +63,23 @@ class RunningAverageSFE(Estimator):
 
     def __init__(self, average: str = "cumulative", decay: float = 0.9) -> None:
         super().__init__()
-        if average not in ("cumulative", "ema") or not 0.0 <= decay < 1.0:
-            raise VaelabError(f"sfe-avg: average={average!r}, decay={decay}: use average cumulative or ema "
-                              "and 0 <= decay < 1")
+        if average not in ("cumulative", "ema"):
+            raise VaelabError(f"estimator.kwargs.average = {average!r} is not known: choose cumulative or ema")
+        check_number("estimator.kwargs.decay", decay, 0, 1, open_hi=True, fix="e.g. 0.9")
         self.average, self.decay = average, decay
         self.register_buffer("baseline", torch.zeros(()))                   # c, nats of reconstruction loss
         self.register_buffer("count", torch.zeros((), dtype=torch.long))    # batches averaged so far
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         z = q.sample()                                                      # [B, D]
-        log_probs_sum = q.log_prob(z)                                       # [B] log q(z|x)
-        rec, kl_div_bern, signal = reinforce_terms(model, q, z, x, kl_weight)  # [B] each
-        reconstruction_loss = -rec                                          # [B] BCE summed over pixels
-        running_avg = self.baseline.clone()
-        sfe = -log_probs_sum * (-signal.detach() - running_avg)             # [B] the seed's SFE
-        loss = (reconstruction_loss + kl_weight * kl_div_bern - sfe + sfe.detach()).mean()
+        log_q = q.log_prob(z)                     # [B]; before the KL, so the gradient's rounding is as it was
+        rec, kl, signal = reinforce_terms(model, q, z, x, kl_weight)        # [B] each
+        c = self.baseline.clone()                                           # mean past loss -signal: c ~ -E[signal]
+        loss = kl_weight * kl - rec - score_term(log_q, signal + c)         # the seed's SFE: signal - (-c)
         if self.training:
             self._update(-signal.detach().mean())
-        return estimate(loss, -reconstruction_loss, kl_div_bern, baseline=running_avg)
+        return estimate(loss.mean(), rec, kl, baseline=c)
 
     @torch.no_grad()
     def _update(self, value: Tensor) -> None:
@@ -117,7 +115,7 @@ class NVIL(Estimator):
         """Size the baseline network's input to the model's images."""
         return cls(math.prod(model.image_shape), **kwargs)
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         scale = self.signal_var.sqrt().clamp(min=1.0) if self.normalize else torch.ones_like(self.signal_var)
         h = model.encoder(x)                                    # [B, enc_out]
         h = h / scale + h.detach() * (1.0 - 1.0 / scale)        # same value, encoder gradient / scale
@@ -145,14 +143,14 @@ class RLOO(MultiSample):
 
     needs = frozenset({"kl_at"})
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         k = self.num_samples
         q = model.posterior(x)
         z = q.sample((k,))                                      # [K, B, D]
         rec, kl, signal = reinforce_terms(model, q, z, x, kl_weight)  # [K, B], [B] or [K, B], [K, B]
         loo = (signal.sum(0, keepdim=True) - signal) / (k - 1)  # [K, B] mean of the other K-1
         loss = (kl_weight * kl - rec - score_term(q.log_prob(z), signal - loo)).mean(0)
-        return estimate(loss.mean(), rec.mean(0), kl.mean(0) if kl.dim() == 2 else kl)
+        return estimate(loss.mean(), rec.mean(0), model.latent.mean_kl(kl))
 
 
 @ESTIMATORS.register("vimco")
@@ -171,7 +169,7 @@ class VIMCO(MultiSample):
     needs = frozenset({"kl_at"})
     objective = "iw"
 
-    def forward(self, model: VAE, x: Tensor, kl_weight: float = 1.0) -> Estimate:
+    def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         k = self.num_samples
         q = model.posterior(x)
         z = q.sample((k,))                                      # [K, B, D]
@@ -181,7 +179,7 @@ class VIMCO(MultiSample):
         bound = torch.logsumexp(log_w, 0) - math.log(k)         # [B]
         signal = bound.detach() - self.leave_one_out(log_w.detach())  # [K, B]
         loss = -(bound + score_term(log_q, signal).sum(0)).mean()
-        kl = (log_q - model.prior().log_prob(z)).mean(0) if model.latent.mc_kl else model.kl(q)  # [B]
+        kl = model.latent.mean_kl(model.kl_at(q, z, log_q))    # [B]
         return estimate(loss, rec.mean(0), kl, iw_bound=bound)
 
     @staticmethod

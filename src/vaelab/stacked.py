@@ -35,11 +35,12 @@ from .config import Config
 from .errors import Stopped, VaelabError
 from .evaluate import elbo_terms
 from .hardware import resolve_device
-from .lifecycle import RunLock, StopSignals
+from .lifecycle import RunLock, StopSignals, check_run_dir, open_for_writing
+from .metrics_log import MetricsSink
 from .optim import build_optimizers
 from .run import build, prepare_data, read_checkpoint, save_checkpoint
 from .schedules import kl_schedule, lr_schedule
-from .train import MetricsSink, _open_for_writing, _restore, check_run_dir
+from .train import TrainState
 
 
 class Objective(nn.Module):
@@ -71,7 +72,7 @@ class Seed:
             if "partial" in state:
                 raise VaelabError(f"{run_dir} stopped inside an epoch: finish it with `vaelab train --resume "
                                   f"{run_dir}`, then stack again")
-            _restore(model, estimator, self.optim, self.data_gen, tensors, state, device, run_dir)
+            TrainState(model, estimator, self.optim, self.data_gen, device).restore(tensors, state, run_dir)
             self.epoch, self.history = state["epoch"], state["history"]
         self.noise_gen = torch.Generator(device)                   # where the single run's global RNG stands now
         self.noise_gen.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
@@ -299,8 +300,8 @@ def train_stacked(cfg: Config, seeds: list[int], run_dirs: list[str | Path], *, 
         sinks = []
         for run in runs:
             scope.callback(run.lock.release)
-            _open_for_writing(run.run_dir, run.lock, resume, "run" if resume else "empty", True, run.cfg)
-            sinks.append(MetricsSink(run.run_dir, run.history))
+            open_for_writing(run.run_dir, run.lock, resume, "run" if resume else "empty", True, run.cfg)
+            sinks.append(MetricsSink(run.run_dir, run.history, hparams=run.cfg.to_dict()))
             scope.callback(sinks[-1].close)
         stop = scope.enter_context(StopSignals())
         for epoch in range(runs[0].epoch, cfg.train.epochs):

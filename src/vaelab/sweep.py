@@ -35,6 +35,7 @@ import yaml
 
 from .config import Config, from_dict, set_dotted
 from .errors import VaelabError
+from .latents import is_autoencoder
 from .sweep_run import Job
 
 SPEC_KEYS = ("base", "set", "grid", "seeds", "evaluate", "stack")
@@ -181,7 +182,7 @@ def plan(spec: Spec, out: Path, threads: int) -> tuple[list[Job], dict[str, dict
             write_text(config_path, cfg.to_yaml())
         k = cfg.eval.iw_samples if spec.iw_samples is None else (None if spec.iw_samples is False else spec.iw_samples)
         jobs.append(Job(name, str(out / name), str(config_path), str(out / "logs" / f"{name}.log"),
-                        cfg.train.epochs, k, cfg.model.latent == "deterministic", cfg.train.device, threads,
+                        cfg.train.epochs, k, is_autoencoder(cfg.model.latent), cfg.train.device, threads,
                         os.getcwd()))
         settings[name] = {**setting, "train.seed": seed}
     return jobs, settings

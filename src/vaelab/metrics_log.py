@@ -1,0 +1,156 @@
+"""What a run logs while it trains: RUN/metrics.jsonl (one row per epoch), RUN/grad_stats.jsonl
+(`train.grad_stats_every`) and TensorBoard in RUN/tb: the epoch rows, the batch values every `train.log_every`
+steps (batch/loss, batch/elbo, batch/rec, batch/kl: one batch's per-image means), the gradient statistics (grad/*)
+and the run's hyperparameters (the HPARAMS tab, one session per run, so the runs of a sweep line up there with the
+final value of every scalar).
+
+Every TensorBoard scalar is on one axis, the optimisation step (an epoch row sits at the step that ended its
+epoch). A resumed run's writer starts with `purge_step` = the steps its checkpoint holds + 1, and TensorBoard drops
+whatever the interrupted attempt logged past that point, for all tags at once. The batch values reach the sink
+once per epoch (the trainer keeps them on the device), so logging them costs no host sync per step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_text
+
+GRAD_STATS = "grad_stats.jsonl"
+BATCH_TAGS = ("batch/loss", "batch/elbo", "batch/rec", "batch/kl")
+HPARAMS_SKIPPED = ("description", "literature")   # what a run is compared with, not how it was trained
+
+
+def steps_done(history: list[dict[str, Any]]) -> int:
+    """Optimisation steps of the epochs in `history` (each row says how many it took)."""
+    return sum(row["steps"] for row in history)
+
+
+def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config dict as TensorBoard hyperparameters: dotted keys ("train.lr"), lists as JSON text, None
+    left out (an empty cell in the HPARAMS table)."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flat_hparams(value, f"{name}.")
+        elif isinstance(value, bool | int | float | str):
+            out[name] = value
+        elif value is not None:
+            out[name] = json.dumps(value)
+    return out
+
+
+def _hparams_summary(tag: str, **data: Any):
+    """A TensorBoard summary holding hparams plugin data (tensorboard's plugin_data_pb2.HParamsPluginData)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **data).SerializeToString()
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content))
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
+
+
+def session_start(hparams: dict[str, bool | int | float | str]):
+    """The hparams plugin's session start: this run's hyperparameters, each with its type (bool, number, text)."""
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for name, value in hparams.items():
+        if isinstance(value, bool):
+            start.hparams[name].bool_value = value
+        elif isinstance(value, int | float):
+            start.hparams[name].number_value = value
+        else:
+            start.hparams[name].string_value = value
+    return _hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start)
+
+
+def session_end():
+    """The hparams plugin's session end: the run finished."""
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    return _hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=end)
+
+
+class MetricsSink:
+    """metrics.jsonl (rewritten atomically from the full history at each epoch), grad_stats.jsonl and TensorBoard.
+
+    `history` is what the run's checkpoint holds; `done_steps` the steps it holds (default: its epochs' steps;
+    more for a run a signal stopped inside an epoch). `hparams` (a nested config dict) opens a session of the
+    HPARAMS tab; `finish()` closes it as a success. `log_every` = N keeps every N-th step's batch values.
+    `grad_stats` keeps the rows of grad_stats.jsonl up to `done_steps` and appends from there."""
+
+    def __init__(self, run_dir: Path, history: list[dict[str, Any]], *, hparams: dict[str, Any] | None = None,
+                 done_steps: int | None = None, log_every: int = 10, grad_stats: bool = False) -> None:
+        self.path, self.history, self.log_every = run_dir / "metrics.jsonl", list(history), log_every
+        done = steps_done(history) if done_steps is None else done_steps
+        self.grad_path = run_dir / GRAD_STATS if grad_stats else None
+        if self.grad_path is not None:
+            rows = [json.loads(line) for line in self.grad_path.read_text().splitlines()] \
+                if self.grad_path.is_file() else []
+            atomic_write_text(self.grad_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= done))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=done + 1)
+        except ImportError:  # TensorBoard is a declared dependency; tolerate its absence in slim installs
+            self.tb = None
+        if self.tb is not None and hparams is not None:
+            self.tb.file_writer.add_summary(session_start(flat_hparams(
+                {k: v for k, v in hparams.items() if k not in HPARAMS_SKIPPED})))
+
+    def log(self, row: dict[str, Any]) -> None:
+        """One finished epoch: a line of metrics.jsonl, its numbers in TensorBoard at the epoch's last step."""
+        self.history.append(row)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.tb is not None:
+            self._scalars({key.replace("_", "/", 1): value for key, value in row.items()
+                           if isinstance(value, int | float)}, steps_done(self.history))
+            self.tb.flush()
+
+    def log_batches(self, first_step: int, values: list[list[float]]) -> None:
+        """Steps first_step + 1, first_step + 2, ...: each one's batch (loss, elbo, rec, kl) per image; the steps
+        that are multiples of `log_every` go to TensorBoard."""
+        if self.tb is None:
+            return
+        for offset in range((-first_step - 1) % self.log_every, len(values), self.log_every):
+            self._scalars(dict(zip(BATCH_TAGS, values[offset], strict=True)), first_step + offset + 1)
+
+    def log_grad_stats(self, step: int, stats: dict[str, float]) -> None:
+        """A gradient measurement after `step`: a line of grad_stats.jsonl, grad/* in TensorBoard."""
+        if self.grad_path is None:
+            return
+        with open(self.grad_path, "a") as f:
+            f.write(json.dumps({"step": step} | stats) + "\n")
+        if self.tb is not None:
+            self._scalars({f"grad/{key}": stats[key] for key in ("log10_grad_var", "grad_snr")}, step)
+
+    def _scalars(self, values: dict[str, float], step: int) -> None:
+        """Scalars of one step as one event (SummaryWriter.add_scalar writes an event per scalar, ~4x the cost)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self.tb.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, simple_value=float(value))
+                                                       for tag, value in values.items()]), step)
+
+    def finish(self) -> None:
+        """The run trained all its epochs: its HPARAMS session ends as a success."""
+        if self.tb is not None:
+            self.tb.file_writer.add_summary(session_end())
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class MemorySink(MetricsSink):
+    """What ranks other than 0 keep under torchrun: the history, no files."""
+
+    def __init__(self, history: list[dict[str, Any]]) -> None:
+        self.history, self.tb, self.grad_path, self.log_every = list(history), None, None, 1
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
