@@ -32,7 +32,7 @@ from vaelab.evaluate import iw_loglik
 from vaelab.hardware import ROWS_PER_CHUNK, resolve_device
 from vaelab.nets import mlp
 from vaelab.optim import adam
-from vaelab.run import build, open_run, prepare_data
+from vaelab.run_files import build, open_run, prepare_data
 from vaelab.train import Objective, Step, make_step, steps_per_epoch, train_epoch
 
 MODELS = {"seed": "configs/gaussian_vae.yaml", "iwae": "configs/literature/iwae_vae_1layer.yaml"}

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from vaelab.config import load_config
-from vaelab.run import read_checkpoint
+from vaelab.run_files import read_checkpoint
 from vaelab.stacked import train_stacked
 from vaelab.train import train
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vaelab.evaluate import iw_loglik
-from vaelab.run import open_run
+from vaelab.run_files import open_run
 
 
 @torch.no_grad()

@@ -57,7 +57,7 @@ def vaelab_config(epochs: int, variant: str = "fp32"):
 
 def export(out: Path) -> None:
     """The static binarized train/valid/test draw vaelab trains on, as uint8, for the Pythae side."""
-    from vaelab.run import prepare_data
+    from vaelab.run_files import prepare_data
     data = prepare_data(vaelab_config(1).data, torch.device("cpu"))
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "data.npz", **{k: getattr(data, k).numpy().astype(np.uint8)
@@ -69,7 +69,7 @@ def run_vaelab(out: Path, rnd: int, epochs: int, nll_images: int, variant: str) 
     test images (evaluation is fp32 whatever the training precision) and the weights for Pythae's get_nll."""
     from vaelab.evaluate import iw_loglik
     from vaelab.hardware import autocast_twin
-    from vaelab.run import build, load_weights, prepare_data, read_checkpoint
+    from vaelab.run_files import build, load_weights, prepare_data, read_checkpoint
     from vaelab.train import train
     run_dir, tag = out / f"vaelab-{variant}_run{rnd}", f"vaelab-{variant}{rnd}"
     if run_dir.exists():

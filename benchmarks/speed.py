@@ -22,7 +22,7 @@ from torch import nn
 from vaelab.config import load_config
 from vaelab.hardware import resolve_device
 from vaelab.optim import adam
-from vaelab.run import build, prepare_data
+from vaelab.run_files import build, prepare_data
 from vaelab.train import train_epoch
 
 

@@ -357,7 +357,7 @@ def test_unknown_binarization():
 def test_validation_and_test_draws_do_not_depend_on_the_training_binarization():
     """A static run is scored on the same test images as a dynamic one; its training draw is fixed and seeded."""
     from vaelab.config import DataConfig
-    from vaelab.run import prepare_data
+    from vaelab.run_files import prepare_data
 
     splits = load_splits("digits")
     dev = torch.device("cpu")

@@ -25,7 +25,7 @@ from torch.distributions import Bernoulli, Independent
 from vaelab import distributed
 from vaelab.distributed import Context
 from vaelab.errors import VaelabError
-from vaelab.run import build, prepare_data
+from vaelab.run_files import build, prepare_data
 from vaelab.train import Objective, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -17,7 +17,7 @@ from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.estimators import ESTIMATORS, build_estimator
 from vaelab.exact import all_codes
-from vaelab.gradcheck import estimator_grads, exact_grad, objective_of, warm_up
+from vaelab.gradvar import estimator_grads, exact_grad, objective_of, warm_up
 from vaelab.latents import LATENTS, BernoulliLatent
 from vaelab.model import VAE, build_model
 from vaelab.score_function import VIMCO

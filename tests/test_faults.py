@@ -19,7 +19,7 @@ from tensorboard_helpers import scalars as tb_scalars
 
 from vaelab import faults
 from vaelab.lifecycle import LOCK_FILE
-from vaelab.run import read_checkpoint
+from vaelab.run_files import read_checkpoint
 
 CONFIG = "configs/gaussian_vae.yaml"
 ARGS = ["--data", "digits", "--quiet", "--device", "cpu", "--set", "train.epochs=2", "--set", "model.hidden=[16]",

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from tensorboard_helpers import scalars
 
 from vaelab.errors import VaelabError
-from vaelab.gradcheck import estimator_grads, training_grad_stats
-from vaelab.run import build, prepare_data
+from vaelab.gradvar import estimator_grads, training_grad_stats
+from vaelab.run_files import build, prepare_data
 from vaelab.train import train
 
 BERNOULLI = ("model.latent=bernoulli", "estimator.name=disarm", "model.latent_dim=6", "train.epochs=2")

@@ -9,7 +9,7 @@ from conftest import tiny_config
 from vaelab.errors import VaelabError
 from vaelab.model import build_model
 from vaelab.nets import NETS, conv_sizes
-from vaelab.run import build, prepare_data
+from vaelab.run_files import build, prepare_data
 
 
 @pytest.mark.parametrize("shape, channels", [((28, 28), [32, 64]), ((8, 8), [8, 16]), ((7, 9), [4, 8, 8]),

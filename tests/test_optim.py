@@ -8,7 +8,7 @@ from conftest import tiny_config
 
 from vaelab.errors import VaelabError
 from vaelab.optim import build_optimizers
-from vaelab.run import build, prepare_data
+from vaelab.run_files import build, prepare_data
 from vaelab.train import train
 
 BERNOULLI = ("model.latent=bernoulli", "estimator.name=disarm", "model.latent_kwargs={learn_prior: true}")

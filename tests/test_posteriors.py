@@ -12,13 +12,13 @@ from conftest import tiny_config
 from torch import nn
 from torch.distributions import Normal
 
+from vaelab.autoregressive import MADE
 from vaelab.errors import VaelabError
 from vaelab.estimators import ESTIMATORS, Reparam, build_estimator
 from vaelab.evaluate import elbo_terms, iw_loglik
-from vaelab.flows import MADE
 from vaelab.latents import LATENTS, AutoregressiveBernoulliLatent, GaussianIAFLatent
 from vaelab.model import VAE, build_model
-from vaelab.run import open_run
+from vaelab.run_files import open_run
 from vaelab.sampling import reconstruct
 from vaelab.train import train
 

@@ -109,7 +109,7 @@ def test_curves_plot_every_epoch_and_the_final_points(tmp_path, monkeypatch):
 
 def tiny_autoencoder():
     from vaelab.config import load_config
-    from vaelab.run import build, prepare_data
+    from vaelab.run_files import build, prepare_data
 
     cfg = load_config("configs/ae_gmm.yaml", ["data.source=digits", "model.hidden=[16]"])
     data = prepare_data(cfg.data, torch.device("cpu"))

@@ -19,7 +19,7 @@ from test_report import assert_sprite_is_the_decoder
 from vaelab.report_inputs import GRADVAR, GRADVAR_ESTIMATORS
 from vaelab.report_parts import SHORT
 from vaelab.reproduce import STUDY, Settings, reproduce
-from vaelab.run import open_run, read_checkpoint
+from vaelab.run_files import open_run, read_checkpoint
 
 pytestmark = pytest.mark.slow
 ARGS = dict(quick=True, data="digits", epochs=2, device="cpu", iw_samples=20)

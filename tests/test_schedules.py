@@ -14,7 +14,7 @@ from torch.distributions import Normal, kl_divergence
 
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
-from vaelab.run import open_run
+from vaelab.run_files import open_run
 from vaelab.schedules import kl_schedule, kl_weight, lr_schedule
 from vaelab.train import train
 

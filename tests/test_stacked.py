@@ -14,7 +14,7 @@ import yaml
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.estimators import ESTIMATORS
-from vaelab.run import read_checkpoint
+from vaelab.run_files import read_checkpoint
 from vaelab.stacked import train_stacked
 from vaelab.train import train
 

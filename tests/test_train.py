@@ -17,7 +17,7 @@ from vaelab.errors import VaelabError
 from vaelab.estimators import Reparam
 from vaelab.evaluate import elbo_terms
 from vaelab.metrics_log import MetricsSink
-from vaelab.run import open_run
+from vaelab.run_files import open_run
 from vaelab.train import train
 
 
@@ -101,7 +101,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, fault, epochs_kept):
     subprocess.run(_train_cmd(straight), check=True, env=env, timeout=600)
     proc = subprocess.run(_train_cmd(killed), env=env | {"VAELAB_FAULT": fault}, timeout=600)
     assert proc.returncode == -signal.SIGKILL
-    from vaelab.run import read_checkpoint
+    from vaelab.run_files import read_checkpoint
     assert read_checkpoint(killed)[2]["epoch"] == epochs_kept
     subprocess.run([sys.executable, "-m", "vaelab", "train", "--resume", str(killed), "--quiet"],
                    check=True, env=env, timeout=600)
@@ -131,7 +131,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
     # resuming the good run into a poisoned epoch 2 fails and leaves epoch 1's checkpoint as it was
     state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)
     assert state["epoch"] == 1
-    from vaelab import run as run_mod
+    from vaelab import run_files as run_mod
     real_read = run_mod.read_checkpoint
 
     def read_with_two_epochs(path):

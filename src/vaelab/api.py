@@ -6,7 +6,7 @@
     images = run.sample(16, mode="threshold")               # [16, P] tensor
     run.save("runs/disarm")                                 # a normal run directory; vaelab.load() reads it back
 
-Everything the CLI does goes through the same functions (train.train, pipeline.evaluate_run, ...), so a number
+Everything the CLI does goes through the same functions (train.train, run_tasks.evaluate_run, ...), so a number
 from Python equals the number from the command line for the same run.
 """
 
@@ -21,7 +21,7 @@ import yaml
 from torch import Tensor
 
 from .config import Config, config_from_values, load_config
-from .run import LoadedRun, open_run
+from .run_files import LoadedRun, open_run
 from .train import train
 
 SHORTCUTS = {"data": "data.source", "estimator": "estimator.name", "latent": "model.latent", "epochs": "train.epochs",
@@ -57,7 +57,7 @@ class Run:
     def evaluate(self, iw_samples: int | None = None, exact: bool = False) -> dict[str, Any]:
         """Test ELBO, KL, reconstruction and the IW log-likelihood with its Monte Carlo error (also eval.json)."""
         from .checks import check_int
-        from .pipeline import evaluate_run
+        from .run_tasks import evaluate_run
 
         if iw_samples is not None:
             check_int("iw_samples", iw_samples, 0, 1_000_000)
@@ -67,7 +67,7 @@ class Run:
         """n images [n, P] decoded from prior codes: mode bernoulli | threshold | probs; prior normal | gmm."""
         import torch
 
-        from .pipeline import sampling_prior
+        from .run_tasks import sampling_prior
         from .sampling import sample
 
         p_z, _, _ = sampling_prior(self.loaded, self.path, prior)
@@ -76,7 +76,7 @@ class Run:
 
     def fit_density(self, components: int | str = 20, covariance: str = "full", seed: int = 0):
         """Fit a Gaussian mixture to the training codes (K by BIC with "auto"); returns the GMMDensity."""
-        from .pipeline import fit_run_density
+        from .run_tasks import fit_run_density
 
         return fit_run_density(self.loaded, self.path, components, covariance, seed)[0]
 
@@ -85,7 +85,7 @@ class Run:
         """Sample-quality scores (also eval.json), as `vaelab quality`: with the shipped MNIST classifier for runs
         on mnist or mnist-static, else with `classifier`, a file of `vaelab classifier train --data SOURCE` for
         the run's own data; any other pairing raises a VaelabError naming both data sets."""
-        from .pipeline import quality_run
+        from .run_tasks import quality_run
 
         return quality_run(self.loaded, self.path, n, mode, prior, None if classifier is None else str(classifier))
 

@@ -33,7 +33,7 @@ from .atomic import atomic_path
 from .config import DataConfig
 from .data import Splits
 from .errors import VaelabError
-from .run import prepare_data
+from .run_files import prepare_data
 from .sources import load_dataset
 
 FORMAT = "vaelab-classifier-1"

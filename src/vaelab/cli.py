@@ -90,8 +90,8 @@ def add_evaluate(sub) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .distributed import barrier, setup, teardown
     from .hardware import resolve_device
-    from .pipeline import evaluate_run
-    from .run import open_run
+    from .run_files import open_run
+    from .run_tasks import evaluate_run
 
     check_count("--iw-samples", args.iw_samples, 0, IW_SAMPLES_MAX, "; 0 skips the IW estimate")
     ctx = setup(resolve_device(args.device))   # under torchrun: the test images are split across the ranks
@@ -124,8 +124,8 @@ def add_sample(sub) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from .pipeline import sample_grid
-    from .run import open_run
+    from .run_files import open_run
+    from .run_tasks import sample_grid
 
     check_count("--n", args.n, 1, SAMPLE_N_MAX, " of one grid")
     check_seed("--seed", args.seed)

@@ -39,8 +39,8 @@ def add_fit_density(sub) -> None:
 
 def cmd_fit_density(args: argparse.Namespace) -> None:
     from .figures_latent import write_latent_figures
-    from .pipeline import fit_run_density
-    from .run import open_run
+    from .run_files import open_run
+    from .run_tasks import fit_run_density
 
     components = parse_components(args.components)
     check_seed("--seed", args.seed)
@@ -140,8 +140,8 @@ def add_quality(sub) -> None:
 
 
 def cmd_quality(args: argparse.Namespace) -> None:
-    from .pipeline import quality_classifier, quality_run
-    from .run import open_run, read_checkpoint
+    from .run_files import open_run, read_checkpoint
+    from .run_tasks import quality_classifier, quality_run
 
     check_count("--k", args.k, 1, 1000)
     check_count("--n", args.n, args.k + 1, QUALITY_N_MAX, " of samples held in memory")
@@ -176,8 +176,8 @@ def add_gradvar(sub) -> None:
 
 
 def cmd_gradvar(args: argparse.Namespace) -> None:
-    from .gradcheck import format_table, gradvar, plot_gradvar
-    from .run import write_json
+    from .gradvar import format_table, gradvar, plot_gradvar
+    from .run_files import write_json
 
     check_count("--draws", args.draws, 2, DRAWS_MAX, " of draws held in memory; 2 measure a variance")
     check_count("--batch", args.batch, 1, BATCH_MAX)

@@ -5,7 +5,7 @@ continuous code an alternative prior (ex-post density estimation, Ghosh et al. 2
 `GMMDensity` wraps scikit-learn's `GaussianMixture` (fit / score_samples / sample / bic, fitted state with a
 trailing underscore) and exports the same density as a torch `MixtureSameFamily`, so that sampling and
 importance sampling use it like any prior. It is stored as plain arrays in RUN/density.npz, never a pickle.
-`select_components` picks K by BIC. Fitting a run's training codes (`vaelab fit-density`) is pipeline.py's
+`select_components` picks K by BIC. Fitting a run's training codes (`vaelab fit-density`) is run_tasks.py's
 `fit_run_density`; the autoencoder's likelihood under the mixture is ae_likelihood.py's.
 """
 

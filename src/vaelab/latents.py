@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
+from .autoregressive import MADE, AutoregressiveBernoulli, IAFPosterior, IAFStep
 from .errors import VaelabError, check_number
-from .flows import MADE, AutoregressiveBernoulli, IAFPosterior, IAFStep
 from .registry import Registry
 
 LATENTS: Registry[type[LatentFamily]] = Registry("latent family (model.latent)")

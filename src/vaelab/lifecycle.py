@@ -31,7 +31,7 @@ from .atomic import atomic_write_text
 from .checks import check_writable_dir
 from .config import Config, load_config, validate
 from .errors import VaelabError
-from .run import read_checkpoint
+from .run_files import read_checkpoint
 
 LOCK_FILE = "train.lock"
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoint", "checkpoint.old")

@@ -22,7 +22,7 @@ import torch
 
 from .atomic import atomic_write
 from .latent_map import GRID, write_latent_map
-from .run import LoadedRun, open_run, write_json
+from .run_files import LoadedRun, open_run, write_json
 
 VERSION = 1
 INPUTS_FILE = "report_inputs.json"
@@ -97,7 +97,7 @@ def embed_codes(run: LoadedRun, path: Path, tsne_points: int, seed: int = 0) -> 
 
 def measure_gradvar(run_dir: Path, device: str, draws: int, batch: int | None, progress: bool = False) -> Path:
     """`vaelab gradvar RUN --estimators GRADVAR_ESTIMATORS --draws draws --batch batch` into RUN/gradvar/."""
-    from .gradcheck import gradvar, plot_gradvar
+    from .gradvar import gradvar, plot_gradvar
 
     result, _ = gradvar(str(run_dir), list(GRADVAR_ESTIMATORS), draws, batch, device=device, progress=progress)
     out = run_dir / "gradvar"

@@ -19,9 +19,9 @@ from typing import Any
 
 from .config import load_config
 from .errors import VaelabError
-from .pipeline import evaluate_run, fit_run_density, merge_eval, quality_run, read_eval, sample_grid
 from .progress import stage as progress_stage
-from .run import open_run, read_checkpoint, write_json
+from .run_files import open_run, read_checkpoint, write_json
+from .run_tasks import evaluate_run, fit_run_density, merge_eval, quality_run, read_eval, sample_grid
 from .train import train
 
 

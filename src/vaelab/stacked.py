@@ -38,7 +38,7 @@ from .hardware import resolve_device
 from .lifecycle import RunLock, StopSignals, check_run_dir, open_for_writing
 from .metrics_log import MetricsSink
 from .optim import build_optimizers
-from .run import build, prepare_data, read_checkpoint, save_checkpoint
+from .run_files import build, prepare_data, read_checkpoint, save_checkpoint
 from .schedules import kl_schedule, lr_schedule
 from .train import TrainState
 

@@ -29,12 +29,12 @@ from .config import Config
 from .errors import Stopped, VaelabError
 from .estimator_base import Estimate
 from .evaluate import elbo_terms
-from .gradcheck import training_grad_stats
+from .gradvar import training_grad_stats
 from .hardware import resolve_device
 from .lifecycle import RunLock, StopSignals
 from .metrics_log import MemorySink, MetricsSink
 from .optim import Optimizers, build_optimizers
-from .run import build, load_weights, prepare_data, save_checkpoint
+from .run_files import build, load_weights, prepare_data, save_checkpoint
 from .runstate import check_optimizer_state
 from .schedules import Schedule, kl_schedule, lr_schedule
 
@@ -297,7 +297,7 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
 
 class GradProbe:
     """`train.grad_stats_every` = N: after every N-th step, the encoder gradient's variance and signal-to-noise ratio
-    on that step's batch (gradcheck.training_grad_stats, `draws` extra estimator calls, the RNG left as it was)
+    on that step's batch (gradvar.training_grad_stats, `draws` extra estimator calls, the RNG left as it was)
     -> the sink (grad_stats.jsonl, one row per measurement, and TensorBoard's grad/*)."""
 
     def __init__(self, every: int, draws: int, model, estimator, sink: MetricsSink) -> None:

@@ -216,7 +216,7 @@ def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None 
     from .data import binarize
     from .estimators import build_estimator
     from .hardware import resolve_device
-    from .run import build, open_run, prepare_data
+    from .run_files import build, open_run, prepare_data
 
     path = Path(source)
     if path.is_dir():

@@ -16,7 +16,7 @@ from torch.distributions import Distribution
 
 from .errors import VaelabError
 from .progress import stage
-from .run import LoadedRun, write_json
+from .run_files import LoadedRun, write_json
 
 if TYPE_CHECKING:
     from .distributed import Context

@@ -13,13 +13,13 @@ from torch import nn
 from torch.distributions import Bernoulli
 
 from vaelab import exact as exact_mod
-from vaelab import gradcheck
+from vaelab import gradvar as gradvar_mod
 from vaelab.config import load_config
 from vaelab.errors import VaelabError
 from vaelab.estimators import build_estimator
 from vaelab.evaluate import iw_loglik
 from vaelab.exact import check_enumerable, exact_elbo, exact_iw_bound, exact_loglik
-from vaelab.gradcheck import diagnose, exact_grad, format_table
+from vaelab.gradvar import diagnose, exact_grad, format_table
 from vaelab.latents import BernoulliLatent
 from vaelab.model import VAE, build_model
 
@@ -138,7 +138,7 @@ def test_diagnose_exact_and_reference_targets(monkeypatch):
     assert rows["sfe"]["mse"] == pytest.approx(rows["sfe"]["bias_norm"] ** 2 + rows["sfe"]["variance"])
     assert "disarm" in format_table(result)
 
-    monkeypatch.setattr(gradcheck, "EXACT_MAX_DIM", 2)      # pretend 3 bits are too many to enumerate
+    monkeypatch.setattr(gradvar_mod, "EXACT_MAX_DIM", 2)      # pretend 3 bits are too many to enumerate
     result = diagnose({"disarm": ests["disarm"], "vimco": ests["vimco"]}, model, x, draws=100,
                       reference_draws=10, reference_samples=200)
     assert result["reference"].startswith("reference") and result["reference_noise"] > 0
