@@ -234,7 +234,7 @@ def run_sweep(spec_path: str | Path, out: str | Path, workers: int | None = None
     jobs, settings = plan(spec, out, threads)
     from .sweep_backends import Book, Progress, sweep_lock
 
-    book = Book(out, spec, jobs, settings)
+    book = Book(out, {"spec_file": str(spec.path), "spec": spec.raw, "base_config": str(spec.base)}, jobs, settings)
     if list_only:
         from .sweep_run import describe
 

@@ -11,23 +11,21 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from .errors import VaelabError
 from .sweep_run import Job
 
-if TYPE_CHECKING:
-    from .sweep import Spec
-
 
 class Book:
     """DIR/sweep.yaml: the spec and each run's state, rewritten (under a file lock) at every change."""
 
-    def __init__(self, out: Path, spec: Spec, jobs: list[Job], settings: dict[str, dict]) -> None:
+    def __init__(self, out: Path, head: dict[str, Any], jobs: list[Job], settings: dict[str, dict]) -> None:
+        """`head`: what sweep.yaml records of the spec (spec_file, spec, base_config)."""
         self.path, self.lock = out / "sweep.yaml", threading.Lock()
-        self.head = {"spec_file": str(spec.path), "spec": spec.raw, "base_config": str(spec.base)}
+        self.head = head
         self.order = [j.name for j in jobs]
         self.fresh = {j.name: {"settings": settings[j.name], "state": "queued", "error": None} for j in jobs}
 
