@@ -308,6 +308,8 @@ def train_stacked(cfg: Config, seeds: list[int], run_dirs: list[str | Path], *, 
             stack.optim.set_lr_factor(lr_at(epoch))
             out = _train_epoch(stack, data, cfg, epoch, beta, stop)
             _end_epoch(stack, data, epoch, out, sinks, quiet)
+        for sink in sinks:
+            sink.finish()                          # TensorBoard's HPARAMS tab: the run ended
         return [s.history for s in sinks]
 
 
