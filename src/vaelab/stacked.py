@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call, vmap
 
 from . import stacked_noise
@@ -40,19 +40,7 @@ from .metrics_log import MetricsSink
 from .optim import build_optimizers
 from .run_files import build, prepare_data, read_checkpoint, save_checkpoint
 from .schedules import kl_schedule, lr_schedule
-from .train import TrainState
-
-
-class Objective(nn.Module):
-    """Model and estimator as one module, so one functional_call swaps both ("model.*", "estimator.*" names,
-    those of checkpoints and train.param_groups)."""
-
-    def __init__(self, model: nn.Module, estimator: nn.Module) -> None:
-        super().__init__()
-        self.model, self.estimator = model, estimator
-
-    def forward(self, x: Tensor, kl_weight: float):
-        return self.estimator(self.model, x, kl_weight)
+from .train import Objective, TrainState
 
 
 class Seed:
@@ -63,8 +51,8 @@ class Seed:
         self.cfg, self.run_dir, self.lock = cfg, run_dir, RunLock(run_dir)
         self.history: list[dict[str, Any]] = []
         model, estimator = build(cfg, data, device)
-        self.objective = Objective(model, estimator)
-        self.optim = _optimizers(cfg, self.objective, device)
+        self.objective = Objective(model, estimator)   # one module: functional_call swaps model.* and estimator.*
+        self.optim = _optimizers(cfg, dict(self.objective.named_parameters()), device)
         self.data_gen = torch.Generator(device).manual_seed(cfg.train.seed)
         self.epoch = 0
         if resume:
@@ -96,8 +84,8 @@ class Seed:
         return swapped()
 
 
-def _optimizers(cfg: Config, objective: nn.Module, device: torch.device):
-    named = dict(objective.named_parameters())
+def _optimizers(cfg: Config, named: dict[str, Tensor], device: torch.device):
+    """train's optimizers (train.param_groups) over `named` parameters, a seed's or the stacked ones."""
     return build_optimizers(named, cfg.train.lr, cfg.train.adam_eps, cfg.train.param_groups, device)
 
 
@@ -125,7 +113,7 @@ class Stack:
                        for k, _ in self.template.named_parameters()}            # name -> [N, ...]
         self.buffers = {k: torch.stack([dict(o.named_buffers())[k] for o in objectives])
                         for k, _ in self.template.named_buffers()}              # name -> [N, ...]
-        self.optim = build_optimizers(self.params, cfg.train.lr, cfg.train.adam_eps, cfg.train.param_groups, device)
+        self.optim = _optimizers(cfg, self.params, device)
         if runs[0].epoch:
             self.optim.load_state_dict(_stack_state([r.optim.state_dict() for r in runs]))
         self.grad_clip, self.plans = cfg.train.grad_clip, {}
