@@ -37,6 +37,8 @@ JOBS = [
     *[(f"study-s{s}", "reproduce", 10, s, ["--iw-samples", "1000"]) for s in range(5)],
     *[(f"disarm_linear-{e}-s0-1M", f"{LIT}/disarm_linear.yaml", 1000, 0, ["--estimator", e, *kw])
       for e, kw in (("disarm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2}"]), ("sfe-avg", []))],
+    # Burda et al.'s 3,280-epoch schedule: ~7 h of one CPU thread, so it runs over several sessions, resumed
+    ("iwae_vae_1layer-s0", f"{LIT}/iwae_vae_1layer.yaml", 3280, 0, []),
 ]
 
 
