@@ -182,3 +182,19 @@ def test_settings_default_to_every_differing_key(tmp_path):
     md = compare([tmp_path])
     assert "Settings differ in: train.lr." in md   # not name, seed or device
     assert "| train.lr=0.001 | 2 |" in md and "| train.lr=0.0003 | 2 |" in md
+
+
+def test_a_key_an_older_config_lacks_counts_as_its_default(tmp_path):
+    """Seed 0's config.yaml predates train.grad_stats_draws; seed 1 records the default, seed 2 another value."""
+    for seed in (0, 1, 2):
+        write_run(tmp_path / f"s{seed}", "reparam", seed, NUMBERS[("reparam", seed)], provenance=False)
+    old = yaml.safe_load((tmp_path / "s0" / "config.yaml").read_text())
+    del old["train"]["grad_stats_draws"]
+    (tmp_path / "s0" / "config.yaml").write_text(yaml.safe_dump(old))
+    assert "all runs" in compare([tmp_path / "s0", tmp_path / "s1"])   # one setting of two seeds
+    other = yaml.safe_load((tmp_path / "s2" / "config.yaml").read_text())
+    other["train"]["grad_stats_draws"] = 16
+    (tmp_path / "s2" / "config.yaml").write_text(yaml.safe_dump(other))
+    md = compare([tmp_path])
+    assert "Settings differ in: train.grad_stats_draws." in md
+    assert "| train.grad_stats_draws=8 | 2 |" in md and "| train.grad_stats_draws=16 | 1 |" in md

@@ -3,8 +3,10 @@
 Run directories are found recursively under the given paths. A run's numbers come from its eval.json; what it
 was (config keys, seed, epochs) from eval.json's provenance fields where present, else from config.yaml and
 metrics.jsonl. Runs are grouped into settings by `--by` keys, or by every config key that differs between runs
-(other than the seed, name, description and device). Within a setting, each run (seed) contributes one number,
-and ± is the standard error of their mean; settings that share seeds are also compared seed by seed (paired
+(other than the seed, name, description and device); a key that a run's config.yaml lacks, because an older
+vaelab wrote it, counts as that key's default, so a key added later does not split old runs from new. Within a
+setting, each run (seed) contributes one number, and ± is the standard error of their mean; settings that share
+seeds are also compared seed by seed (paired
 differences, with a 95% t interval). Outputs: markdown on stdout, and with --out compare.md, compare.json and a
 self-contained compare.html with per-epoch curves (mean line and s.e. band across seeds).
 """
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
+from .config import Config
 from .errors import VaelabError
 from .stats import SE_LABEL, combined_mc_se, mean_se, paired_difference
 
@@ -92,6 +95,15 @@ def lookup(raw: dict[str, Any], key: str) -> Any:
     return node
 
 
+def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with each section's missing keys set to today's defaults (keys added after the run was written)."""
+    defaults = Config().to_dict()
+    for section in SECTIONS:
+        if isinstance(raw.get(section), dict):
+            raw[section] = defaults[section] | raw[section]
+    return raw
+
+
 def _read_json_lines(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -110,7 +122,7 @@ def _read_eval(path: Path) -> dict[str, Any]:
 def load_run(path: Path) -> Run:
     """Read one run directory; eval.json's provenance fields win over config.yaml where both say something."""
     ev = _read_eval(path)
-    raw = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    raw = with_defaults(yaml.safe_load((path / "config.yaml").read_text())) if (path / "config.yaml").is_file() else {}
     for field_name, key in PROVENANCE.items():       # provenance fills (or corrects) what config.yaml says
         if field_name in ev:
             section, _, leaf = key.rpartition(".")
