@@ -39,6 +39,8 @@ JOBS = [
       for e, kw in (("disarm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2}"]), ("sfe-avg", []))],
     # Burda et al.'s 3,280-epoch schedule: ~7 h of one CPU thread, so it runs over several sessions, resumed
     ("iwae_vae_1layer-s0", f"{LIT}/iwae_vae_1layer.yaml", 3280, 0, []),
+    # the DisARM paper's nonlinear model at its 10^6 steps, run as far as each session allows and resumed
+    ("disarm_nonlinear-disarm-s0", f"{LIT}/disarm_nonlinear.yaml", 1000, 0, []),
 ]
 
 
