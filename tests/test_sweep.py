@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -153,6 +156,50 @@ def test_killed_run_resumes_to_the_uninterrupted_result(local_sweep, tmp_path):
     assert runs["estimator.name=reparam,seed=0"]["action"] == "resumed at epoch 2, evaluated (K=20)"
     resumed = tmp_path / "out" / "estimator.name=reparam,seed=0"
     assert same_weights(straight, resumed) and same_eval(straight, resumed)
+
+
+def frozen_child(proc: subprocess.Popen, pending: int | None = None) -> int:
+    """The pid of `proc`'s child once it has frozen itself (SIGSTOP at its fault point) and, with `pending`, once
+    that signal is pending for it: states read from /proc, so the verdict waits on events, not on time."""
+    while proc.poll() is None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+                status = (stat.parent / "status").read_text()
+            except (OSError, ValueError):
+                continue
+            masks = [int(line.split()[1], 16) for line in status.splitlines() if line[:6] in ("SigPnd", "ShdPnd")]
+            if state == "T" and int(ppid) == proc.pid and (pending is None or any(m >> (pending - 1) & 1
+                                                                                   for m in masks)):
+                return int(stat.parent.name)
+        time.sleep(0.02)
+    pytest.fail(f"the sweep ended (exit {proc.returncode}) before its child froze")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_stops_its_runs_resumably(local_sweep, tmp_path):
+    """SIGTERM sent to the sweep alone (as a scheduler does) reaches its training child: the child, frozen at step
+    30 (epoch 2 of 2), gets the SIGTERM pending from the sweep, is let go, checkpoints and exits 143; the sweep
+    records the run as stopped and exits 143 with one line. Running the sweep again resumes it to the result of the
+    uninterrupted run."""
+    straight = local_sweep[0] / "estimator.name=reparam,seed=0"
+    spec, out = write_spec(tmp_path / "spec.yaml", {"estimator.name": ["reparam"]}, [0]), tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "sweep", str(spec), "--out", str(out), "--threads",
+                             "1"], stderr=subprocess.PIPE, text=True, env=dict(os.environ, VAELAB_FAULT="step:30:STOP"))
+    child = frozen_child(proc)
+    proc.send_signal(signal.SIGTERM)
+    assert frozen_child(proc, pending=signal.SIGTERM) == child       # the sweep passed it on
+    os.kill(child, signal.SIGCONT)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("vaelab: sweep stopped by SIGTERM: 1 run(s) stopped"), err
+    entry = yaml.safe_load((out / "sweep.yaml").read_text())["runs"]["estimator.name=reparam,seed=0"]
+    assert entry["state"] == "stopped" and "stopped by SIGTERM in epoch 2" in entry["error"], entry
+    proc, runs = sweep(spec, out)
+    assert proc.returncode == 0, proc.stderr
+    assert runs["estimator.name=reparam,seed=0"]["action"] == "resumed at epoch 2, evaluated (K=20)"
+    assert same_weights(straight, out / "estimator.name=reparam,seed=0")
+    assert same_eval(straight, out / "estimator.name=reparam,seed=0")
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import os
 import re
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 
 from .config import Config, from_dict, set_dotted
-from .errors import VaelabError
+from .errors import Stopped, VaelabError
 from .latents import is_autoencoder
 from .sweep_run import Job
 
@@ -252,14 +253,21 @@ def run_sweep(spec_path: str | Path, out: str | Path, workers: int | None = None
               f"{workers or 'all'} at a time with {threads} thread(s) each -> {out}", file=sys.stderr, flush=True)
         from .sweep_backends import run_local, run_ray
 
-        if spec.stack and only is None and backend == "local":
-            from .sweep_stack import train_groups
-
-            train_groups(selected, settings, out)
-        if backend == "local":
-            run_local(selected, workers, book, progress)
-        else:
+        if backend == "ray":
             run_ray(selected, workers, book, progress, address, gpus)
+            return book.read()
+        from .sweep_run import forwarding_stops
+
+        with forwarding_stops() as children:
+            if spec.stack and only is None:
+                from .sweep_stack import train_groups
+
+                train_groups(selected, settings, out)
+            run_local(selected, workers, book, progress)
+        if children.signum is not None:
+            stopped = sum(e["state"] == "stopped" for e in book.read().values())
+            raise Stopped(f"sweep stopped by {signal.Signals(children.signum).name}: {stopped} run(s) stopped, each "
+                          f"keeping its last checkpoint; rerun the same command to resume them", children.signum)
     return book.read()
 
 

@@ -70,7 +70,7 @@ class Progress:
             self.running = max(0, self.running - 1)
             self.done += result["state"] == "done"
             self.failed += result["state"] == "failed"
-            what = result["action"] if result["state"] == "done" else f"FAILED: {result['error']}"
+            what = result["action"] if result["state"] == "done" else f"{result['state'].upper()}: {result['error']}"
             self._line(f"{result['name']}: {what} ({result['seconds']:.0f} s)")
 
     def _line(self, event: str) -> None:

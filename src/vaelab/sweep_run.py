@@ -5,6 +5,11 @@ each step is its own `python -m vaelab ...` process with `job.threads` threads, 
 run's log. The run directory is the truth about a run's state, so a sweep started again (anywhere that sees the
 same files) skips finished runs, resumes interrupted ones from their checkpoint and evaluates what is not
 evaluated with the sweep's settings. A failure comes back as a result with the error, never as an exception.
+
+Stopping: `forwarding_stops()` (entered by the sweep's main thread) passes a SIGTERM or SIGHUP sent to the sweep
+on to every running `vaelab` child, which checkpoints at its next safe point and exits 128 + signum (a Ctrl-C
+reaches the children itself, through the terminal's process group); no new step starts, and those runs are
+recorded as `stopped`, resumed by running the sweep again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,55 @@ class Job:
 
 class RunFailed(Exception):
     """A step of a run failed; the message is what sweep.yaml records."""
+
+
+class RunStopped(RunFailed):
+    """A step stopped (or was not started) because the sweep was asked to stop."""
+
+
+class _Children:
+    """The running `vaelab` child processes, and the signal that asked the sweep to stop (None: none did)."""
+
+    def __init__(self) -> None:
+        self.live: set[subprocess.Popen] = set()
+        self.lock = threading.RLock()          # re-entrant: the handler runs in the main thread, which may hold it
+        self.signum: int | None = None
+
+    def run(self, cmd: list[str], **kwargs: Any) -> int:
+        """subprocess.run(cmd).returncode, the process registered while it runs; RunStopped once stopping."""
+        with self.lock:
+            if self.signum is not None:
+                raise RunStopped(f"not started: the sweep was stopped by {signal.Signals(self.signum).name}")
+            proc = subprocess.Popen(cmd, **kwargs)
+            self.live.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+
+    def stop(self, signum: int, _frame: Any = None) -> None:
+        """The signal handler: remember the signal and send it on to every running child."""
+        with self.lock:
+            self.signum = signum
+            for proc in self.live:
+                proc.send_signal(signum)
+
+
+CHILDREN = _Children()
+
+
+@contextmanager
+def forwarding_stops():
+    """While entered (main thread): SIGTERM and SIGHUP stop the sweep's children resumably instead of killing the
+    sweep and leaving them running. Yields CHILDREN; its `signum` says afterwards whether a stop was asked."""
+    CHILDREN.signum = None
+    previous = {sig: signal.signal(sig, CHILDREN.stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield CHILDREN
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _differences(a: Config, b: Config) -> list[str]:
@@ -89,10 +145,10 @@ def _vaelab(job: Job, args: list[str]) -> None:
         start = log.tell()
         cwd = job.cwd if Path(job.cwd).is_dir() else None
         quiet = ["--quiet"] if args[0] in ("train", "evaluate") else []
-        code = subprocess.run([sys.executable, "-m", "vaelab", *args, *quiet], stdout=log, stderr=log, env=env,
-                              cwd=cwd, stdin=subprocess.DEVNULL).returncode
+        code = CHILDREN.run([sys.executable, "-m", "vaelab", *args, *quiet], stdout=log, stderr=log, env=env,
+                            cwd=cwd, stdin=subprocess.DEVNULL)
     if code != 0:
-        raise RunFailed(_error_line(log_path, start, code, args[0]))
+        raise (RunStopped if CHILDREN.signum is not None else RunFailed)(_error_line(log_path, start, code, args[0]))
 
 
 def _error_line(log_path: Path, start: int, code: int, step: str) -> str:
@@ -169,17 +225,16 @@ def describe(job: Job) -> str:
 
 
 def execute_run(job: Job) -> dict[str, Any]:
-    """Train and evaluate `job`; returns {name, state: done|failed, error, action, seconds}."""
+    """Train and evaluate `job`; returns {name, state: done|failed|stopped, error, action, seconds}."""
     t0 = time.perf_counter()
     actions: list[str] = []
+    state, error = "done", None
     try:
         actions.append(train_step(job))
         actions.append(evaluate_step(job, trained_now=not actions[0].startswith("already")))
     except RunFailed as err:
-        return {"name": job.name, "state": "failed", "error": str(err), "action": ", ".join(actions) or None,
-                "seconds": round(time.perf_counter() - t0, 1)}
+        state, error = ("stopped" if isinstance(err, RunStopped) else "failed"), str(err)
     except Exception as err:   # noqa: BLE001 - one broken run must not stop the others
-        return {"name": job.name, "state": "failed", "error": f"{type(err).__name__}: {err}",
-                "action": ", ".join(actions) or None, "seconds": round(time.perf_counter() - t0, 1)}
-    return {"name": job.name, "state": "done", "error": None, "action": ", ".join(actions),
+        state, error = "failed", f"{type(err).__name__}: {err}"
+    return {"name": job.name, "state": state, "error": error, "action": ", ".join(actions) or None,
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -18,7 +18,7 @@ from typing import Any
 from .checks import check_int
 from .config import load_config
 from .errors import VaelabError
-from .sweep_run import Job, checkpoint_state
+from .sweep_run import CHILDREN, Job, checkpoint_state
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -102,7 +102,9 @@ def train_groups(jobs: list[Job], settings: dict[str, dict[str, Any]], out: Path
                "--runs", *[j.run_dir for j in group], "--quiet", *(["--resume"] if resume else [])]
         print(f"[sweep] stacking {len(group)} seeds of {group[0].name}", file=sys.stderr, flush=True)
         with open(log, "a") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=group[0].cwd).returncode
+            code = CHILDREN.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=group[0].cwd)
+        if CHILDREN.signum is not None:
+            return                                     # stopped: the runs keep their checkpoints
         if code:
             last = (log.read_text().strip().splitlines() or ["no output"])[-1]
             print(f"[sweep] not stacked ({last}); its seeds train one by one", file=sys.stderr, flush=True)
