@@ -117,11 +117,26 @@ def test_curves_are_mean_and_se_across_seeds(sweep_dir):
     runs = [load_run(p) for p in find_runs([sweep_dir])]
     settings = group(runs, grouping_keys(runs, []))
     iwae = next(s for s in settings if s.label.endswith("iwae"))
-    epochs, mean, se = epoch_band(iwae, "valid_elbo")
-    assert epochs == [1, 2, 3]
-    per_seed = np.array([[-118.0 + e + 2 * s for s in range(4)] for e in epochs])
-    np.testing.assert_allclose(mean, per_seed.mean(1))
-    np.testing.assert_allclose(se, sps.sem(per_seed, axis=1))
+    band = epoch_band(iwae, "valid_elbo")
+    assert band["epoch"] == [1, 2, 3] and band["n"] == [4, 4, 4]
+    per_seed = np.array([[-118.0 + e + 2 * s for s in range(4)] for e in band["epoch"]])
+    np.testing.assert_allclose(band["mean"], per_seed.mean(1))
+    np.testing.assert_allclose(band["se"], sps.sem(per_seed, axis=1))
+
+
+def test_compare_json_holds_each_settings_curves(sweep_dir, tmp_path):
+    """compare.json's curves: per setting and metric, the per-epoch mean and s.e. across seeds (scipy.stats.sem)."""
+    compare([sweep_dir], out=tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    reparam = next(s for s in result["settings"] if s["label"].endswith("reparam"))
+    assert sorted(reparam["curves"]) == sorted(f"{p}_{m}" for p in ("train", "valid") for m in ("elbo", "kl", "rec"))
+    kl = reparam["curves"]["train_kl"]
+    assert kl["epoch"] == [1, 2, 3] and kl["n"] == [3, 3, 3]
+    np.testing.assert_allclose(kl["mean"], [11.0, 12.0, 13.0])      # 10 + epoch for every seed
+    np.testing.assert_allclose(kl["se"], [0.0, 0.0, 0.0])
+    elbo = reparam["curves"]["train_elbo"]
+    per_seed = np.array([[-120.0 + e + s for s in range(3)] for e in (1, 2, 3)])
+    np.testing.assert_allclose(elbo["se"], sps.sem(per_seed, axis=1))
 
 
 def test_by_key_and_fallback_to_config_and_metrics(tmp_path, cli):

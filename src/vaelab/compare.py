@@ -7,8 +7,9 @@ metrics.jsonl. Runs are grouped into settings by `--by` keys, or by every config
 vaelab wrote it, counts as that key's default, so a key added later does not split old runs from new. Within a
 setting, each run (seed) contributes one number, and ± is the standard error of their mean; settings that share
 seeds are also compared seed by seed (paired
-differences, with a 95% t interval). Outputs: markdown on stdout, and with --out compare.md, compare.json and a
-self-contained compare.html with per-epoch curves (mean line and s.e. band across seeds).
+differences, with a 95% t interval). Outputs: markdown on stdout, and with --out compare.md, compare.json (also
+each setting's per-epoch curves: mean, s.e. and runs per epoch) and a self-contained compare.html with those
+curves drawn (mean line and s.e. band across seeds).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
+from .compare_html import CURVES, epoch_band, render_html
 from .config import Config
 from .errors import VaelabError
 from .stats import SE_LABEL, combined_mc_se, mean_se, paired_difference
@@ -221,6 +223,8 @@ def summarize(settings: list[Setting], runs: list[Run], keys: list[str]) -> dict
             "label": s.label, "values": s.values, "seeds": [r.seed for r in s.runs],
             "runs": [str(r.path) for r in s.runs], "epochs": sorted({r.provenance["epochs"] for r in s.runs}),
             "metrics": metrics,
+            "curves": {key: band for split in ("train", "valid") for metric, _ in CURVES
+                       if (band := epoch_band(s, key := f"{split}_{metric}"))["epoch"]},
             "provenance": sorted({f"{r.provenance['vaelab_version']} {r.provenance['git_commit']}" for r in s.runs
                                   if r.provenance.get("git_commit")})})
     for i, a in enumerate(settings):
@@ -335,8 +339,6 @@ def compare(paths: list[str | Path], by: list[str] | None = None, out: str | Pat
     tabs = tables(result, runs)
     md = render_md(result, tabs)
     if out is not None:
-        from .compare_html import render_html
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=str) + "\n")

@@ -29,8 +29,9 @@ class Setting(Protocol):
 CURVES = [("elbo", "ELBO (nats)"), ("kl", "KL (nats)"), ("rec", "reconstruction E_q[log p(x|z)] (nats)")]
 
 
-def epoch_band(setting: Setting, key: str) -> tuple[list[int], list[float], list[float]]:
-    """Per epoch: the mean of `key` over the setting's runs that reached that epoch, and its s.e. (0 for one)."""
+def epoch_band(setting: Setting, key: str) -> dict[str, list]:
+    """Per epoch: the mean of `key` over the setting's runs that reached that epoch, its s.e. (0 for one run) and
+    that number of runs, as {epoch, mean, se, n} lists (compare.json's `curves`, the plotted band)."""
     by_epoch: dict[int, list[float]] = {}
     for run in setting.runs:
         for row in run.history:
@@ -38,7 +39,8 @@ def epoch_band(setting: Setting, key: str) -> tuple[list[int], list[float], list
                 by_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
     epochs = sorted(by_epoch)
     summaries = [mean_se(by_epoch[e]) for e in epochs]
-    return epochs, [s.mean for s in summaries], [s.se or 0.0 for s in summaries]
+    return {"epoch": epochs, "mean": [s.mean for s in summaries], "se": [s.se or 0.0 for s in summaries],
+            "n": [len(by_epoch[e]) for e in epochs]}
 
 
 def plot_curve(settings: list[Setting], metric: str, ylabel: str, path: Path) -> Path | None:
@@ -53,7 +55,8 @@ def plot_curve(settings: list[Setting], metric: str, ylabel: str, path: Path) ->
     drawn = False
     for color, setting in zip(plt.cm.tab10.colors * 10, settings, strict=False):
         for split, style in (("valid", "-"), ("train", "--")):
-            epochs, mean, se = epoch_band(setting, f"{split}_{metric}")
+            band = epoch_band(setting, f"{split}_{metric}")
+            epochs, mean, se = band["epoch"], band["mean"], band["se"]
             if not epochs:
                 continue
             drawn = True
