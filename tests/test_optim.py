@@ -64,9 +64,10 @@ def test_resume_with_param_groups_continues_bit_for_bit(tmp_path):
     ({"priors": {"lr": 0.1}}, "unknown group; choose from prior"),
     ({"prior": {"optimizer": "rmsprop"}}, "choose adam or sgd"),
     ({"prior": {"optimizer": "sgd", "betas": [0.9, 0.9]}}, r"unknown key\(s\) betas for sgd"),
-    ({"prior": {"lr": -1}}, "must be a positive number"),
-    ({"prior": {"lr": float("nan")}}, "must be a positive number"),
-    ({"control": {"betas": [0.9, 1.5]}}, "two numbers in"),
+    ({"prior": {"lr": -1}}, r"lr = -1 must be a finite number > 0"),
+    ({"prior": {"lr": float("nan")}}, r"lr = nan must be a finite number > 0"),
+    ({"control": {"betas": [0.9, 1.5]}}, r"betas\[1\] = 1.5 must be a finite number in \[0, 1\)"),
+    ({"control": {"betas": [0.9]}}, r"must be two numbers in \[0, 1\)"),
     ({"prior": 0.01}, "must be a mapping"),
 ])
 def test_bad_param_groups_are_refused(groups, message):

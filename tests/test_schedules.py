@@ -49,10 +49,10 @@ def test_cyclical_values_follow_fu_et_al():
     ({"kind": "constant", "warmup_steps": 10}, "unknown key.*warmup_steps"),
     ({"kind": "linear"}, "needs exactly one of warmup_steps or warmup_epochs"),
     ({"kind": "linear", "warmup_steps": 5, "warmup_epochs": 1}, "exactly one"),
-    ({"kind": "linear", "warmup_steps": 0}, "must be a positive number"),
+    ({"kind": "linear", "warmup_steps": 0}, "must be a finite number > 0"),
     ({"kind": "constant", "beta": -1}, "must be a finite number >= 0"),
-    ({"kind": "cyclical", "cycle_steps": 10, "ratio": 1.5}, r"must lie in \(0, 1\]"),
-    ({"kind": "cyclical", "cycle_steps": 10, "cycles": 0}, "positive integer"),
+    ({"kind": "cyclical", "cycle_steps": 10, "ratio": 1.5}, r"must be a finite number in \(0, 1\]"),
+    ({"kind": "cyclical", "cycle_steps": 10, "cycles": 0}, "must be an integer >= 1"),
     ({"kind": "linear", "warmup_epochs": 3}, "needs the steps per epoch"),
 ])
 def test_bad_schedules_are_refused_with_the_fix(spec, message):
@@ -127,8 +127,8 @@ def test_iwae_learning_rate_schedule_follows_burda_et_al():
 
 @pytest.mark.parametrize("spec, message", [
     ({"kind": "cosine"}, "unknown train.lr_schedule.kind 'cosine'"),
-    ({"kind": "exponential"}, r"gamma = None must lie in \(0, 1\]"),
-    ({"kind": "exponential", "gamma": 1.5}, r"must lie in \(0, 1\]"),
+    ({"kind": "exponential"}, r"gamma = None must be a finite number in \(0, 1\]"),
+    ({"kind": "exponential", "gamma": 1.5}, r"must be a finite number in \(0, 1\]"),
     ({"kind": "iwae", "gamma": 0.5}, "unknown key.*gamma.*valid keys are kind"),
 ])
 def test_bad_learning_rate_schedules_are_refused(spec, message):

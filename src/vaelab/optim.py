@@ -17,14 +17,13 @@ A learning-rate schedule scales every group's own rate.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import VaelabError
+from .errors import VaelabError, check_number
 
 GROUPS = {"prior": "model.latent.prior_logits", "encoder": "model.encoder.", "decoder": "model.decoder.",
           "latent": "model.latent.", "control": "estimator."}
@@ -56,13 +55,14 @@ def check_param_groups(groups: dict[str, Any]) -> None:
         if unknown:
             raise VaelabError(f"train.param_groups.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
                               f"for {kind}; valid: {', '.join(GROUP_KEYS[kind])}")
-        lr = spec.get("lr", 1.0)
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-            raise VaelabError(f"train.param_groups.{name}.lr={lr!r} must be a positive number")
+        check_number(f"train.param_groups.{name}.lr", spec.get("lr", 1.0), 0, open_lo=True, fix="e.g. lr: 0.01")
         betas = spec.get("betas", [0.9, 0.999])
-        if not (isinstance(betas, list | tuple) and len(betas) == 2
-                and all(isinstance(b, int | float) and 0 <= b < 1 for b in betas)):
-            raise VaelabError(f"train.param_groups.{name}.betas={betas!r} must be two numbers in [0, 1)")
+        if not (isinstance(betas, list | tuple) and len(betas) == 2):
+            raise VaelabError(f"train.param_groups.{name}.betas = {betas!r} must be two numbers in [0, 1): "
+                              "e.g. betas: [0.9, 0.999]")
+        for i, beta in enumerate(betas):
+            check_number(f"train.param_groups.{name}.betas[{i}]", beta, 0, 1, open_hi=True,
+                         fix="e.g. betas: [0.9, 0.999]")
 
 
 def split_parameters(named: dict[str, nn.Parameter], groups: dict[str, Any]) -> tuple[list, dict[str, list]]:

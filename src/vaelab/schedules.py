@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .errors import VaelabError
+from .errors import VaelabError, check_number
 
 Schedule = Callable[[int], float]
 
@@ -35,8 +35,7 @@ def _duration(spec: dict[str, Any], name: str, steps_per_epoch: int | None) -> i
         raise VaelabError(f"train.kl_weight of kind {spec['kind']!r} needs exactly one of {name}_steps or "
                           f"{name}_epochs: set one, e.g. {name}_steps: 5000")
     value = spec[given[0]]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise VaelabError(f"train.kl_weight.{given[0]} = {value!r} must be a positive number: fix it")
+    check_number(f"train.kl_weight.{given[0]}", value, 0, open_lo=True, fix=f"e.g. {given[0]}: 5000")
     if given[0].endswith("_epochs"):
         if not steps_per_epoch:
             raise VaelabError(f"train.kl_weight.{given[0]} needs the steps per epoch: give {name}_steps instead")
@@ -47,8 +46,7 @@ def _duration(spec: dict[str, Any], name: str, steps_per_epoch: int | None) -> i
 def _weight(spec: dict[str, Any], key: str, default: float) -> float:
     """A non-negative finite weight from the spec."""
     value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise VaelabError(f"train.kl_weight.{key} = {value!r} must be a finite number >= 0: fix it")
+    check_number(f"train.kl_weight.{key}", value, 0, fix=f"e.g. {key}: {default}")
     return float(value)
 
 
@@ -74,10 +72,9 @@ def _cyclical(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
     beta, start = _weight(spec, "beta", 1.0), _weight(spec, "start", 0.0)
     length = _duration(spec, "cycle", steps_per_epoch)
     ratio, cycles = spec.get("ratio", 0.5), spec.get("cycles")
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
-        raise VaelabError(f"train.kl_weight.ratio = {ratio!r} must lie in (0, 1]: fix it")
-    if cycles is not None and (isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1):
-        raise VaelabError(f"train.kl_weight.cycles = {cycles!r} must be a positive integer (or left out): fix it")
+    check_number("train.kl_weight.ratio", ratio, 0, 1, open_lo=True, fix="e.g. ratio: 0.5")
+    if cycles is not None:
+        check_number("train.kl_weight.cycles", cycles, 1, integer=True, fix="e.g. cycles: 4, or leave it out")
     rise = ratio * length
     end = math.inf if cycles is None else cycles * length
 
@@ -98,8 +95,7 @@ KINDS: dict[str, tuple[Callable[[dict[str, Any], int | None], Schedule], frozens
 def _lr_exponential(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
     """gamma^epoch (torch.optim.lr_scheduler.ExponentialLR stepped once an epoch)."""
     gamma = spec.get("gamma")
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0 < gamma <= 1:
-        raise VaelabError(f"train.lr_schedule.gamma = {gamma!r} must lie in (0, 1]: e.g. gamma: 0.99")
+    check_number("train.lr_schedule.gamma", gamma, 0, 1, open_lo=True, fix="e.g. gamma: 0.99")
     return lambda epoch: float(gamma) ** epoch
 
 
