@@ -231,7 +231,7 @@ class RELAX(Estimator):
         u, v = (torch.rand_like(lg).clamp(eps, 1 - eps) for _ in range(2))
         z = lg + torch.logit(u)                                                   # [B, D] logistic reparam.
         b = (z > 0).to(lg.dtype).detach()
-        u_given_b = b * (1 - theta + v * theta) + (1 - b) * v * (1 - theta)      # u | b, reparameterized in l
+        u_given_b = (b * (1 - theta + v * theta) + (1 - b) * v * (1 - theta)).clamp(eps, 1 - eps)  # u | b, in l
         c_z, c_zt = self.control(model, x, z), self.control(model, x, lg + torch.logit(u_given_b))
         (dc,) = torch.autograd.grad((c_z - c_zt).sum(), lg, create_graph=True)    # [B, D] per example
         f = model.likelihood(b).log_prob(x)                                      # [B]
