@@ -179,10 +179,15 @@ def _splits_from_idx(paths: list[Path], name: str) -> Splits:
     return Splits(flat[0], ys[0], flat[1], ys[1], flat[2], ys[2], image_shape=(h, w), name=name)
 
 
+def download(url: str, dest: Path) -> None:
+    """Copy `url` to `dest` (a file inside a temp folder, which the caller renames or removes), 1 MiB at a time."""
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(dest, "wb") as f:
+        shutil.copyfileobj(response, f, 1 << 20)
+
+
 def _fetch(url: str, dest: Path, expected: str) -> None:
     """Download url to dest (inside a temp folder) and check its sha256."""
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(dest, "wb") as f:
-        shutil.copyfileobj(response, f)
+    download(url, dest)
     digest = hashlib.sha256(dest.read_bytes()).hexdigest()
     if digest != expected:
         raise VaelabError(

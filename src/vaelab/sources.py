@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import tempfile
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -29,9 +28,9 @@ import scipy.io
 from scipy.io.matlab import MatReadError
 
 from .atomic import atomic_write, atomic_write_text
-from .data import DOWNLOAD_TIMEOUT_S, SPLIT_KEYS, Splits, _read_idx, load_splits, mnist_cache_dir
 from .data import SOURCES as DATA_SOURCES
-from .errors import VaelabError
+from .data import SPLIT_KEYS, Splits, _read_idx, download, load_splits, mnist_cache_dir
+from .errors import VaelabError, did_you_mean
 from .npz import check_npz
 
 MANIFEST = "sources-manifest.json"
@@ -338,10 +337,7 @@ def _download(spec: Source, root: Path, base: str) -> Parsed:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{spec.name}-download-") as tmp:
         for original in spec.files:
-            with urllib.request.urlopen(base + original.filename, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-                    open(Path(tmp) / original.filename, "wb") as f:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
+            download(base + original.filename, Path(tmp) / original.filename)
         return _from_folder(spec, Path(tmp), root, lambda o: base + o.filename,
                             f"the files at {base} are not the published ones; set {spec.url_env} to another mirror")
 
@@ -350,9 +346,8 @@ def _spec(name: str) -> Source:
     """The Source called `name`, or a VaelabError suggesting the closest name."""
     if name in SOURCES:
         return SOURCES[name]
-    close = difflib.get_close_matches(name, list(SOURCES), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise VaelabError(f"unknown benchmark set {name!r}: {hint}choose one of {', '.join(SOURCES)}")
+    raise VaelabError(f"unknown benchmark set {name!r}: {did_you_mean(name, SOURCES)}choose one of "
+                      f"{', '.join(SOURCES)}")
 
 
 def load_source(name: str, *, cache_dir: str | Path | None = None, download: bool = True) -> Splits:
