@@ -107,6 +107,18 @@ def test_stop_signal_checkpoints_and_resumes_bit_for_bit(spec, where, straight, 
     assert_same_run(straight, run)
 
 
+def test_evaluating_a_run_stopped_inside_an_epoch_counts_its_steps(tmp_path, cli, fault):
+    """Stopped after step 9 of epoch 2, the checkpoint's weights have taken 21 + 9 steps: eval.json says so
+    (epochs_trained counts whole epochs)."""
+    run = tmp_path / "run"
+    fault(f"step:{STEPS + 9}:TERM")
+    assert cli("train", CONFIG, "--out", run, *ARGS)[0] == 128 + signal.SIGTERM
+    fault(None)
+    assert cli("evaluate", run, "--iw-samples", "5", "--quiet")[0] == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert (ev["epochs_trained"], ev["steps_trained"]) == (1, STEPS + 9)
+
+
 @pytest.mark.slow
 def test_sigterm_from_outside_stops_a_cli_process_resumably(straight, tmp_path, cli):
     """A real SIGTERM from another process: the trainer freezes itself at step 7 (SIGSTOP), the test sends SIGTERM

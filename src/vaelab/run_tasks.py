@@ -46,9 +46,11 @@ def describe(run: LoadedRun) -> dict[str, Any]:
     from .provenance import __version__, git_commit
 
     cfg, history = run.cfg, run.state.get("history", [])
+    partial = run.state.get("partial") or {}           # a checkpoint written inside an epoch: its steps count too
+    steps = sum(r.get("steps", 0) for r in history) + partial.get("step", 0)
     return {"config_name": cfg.name, "latent": cfg.model.latent, "estimator": cfg.estimator.name,
             "nets": cfg.model.nets, "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
-            "epochs_trained": run.state.get("epoch", 0), "steps_trained": sum(r.get("steps", 0) for r in history),
+            "epochs_trained": run.state.get("epoch", 0), "steps_trained": steps,
             "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1), "data": cfg.data.source,
             "binarize": cfg.data.binarize, "eval_seed": cfg.data.eval_seed, "vaelab_version": __version__,
             "git_commit": git_commit()}
