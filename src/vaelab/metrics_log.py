@@ -24,9 +24,10 @@ BATCH_TAGS = ("batch/loss", "batch/elbo", "batch/rec", "batch/kl")
 HPARAMS_SKIPPED = ("description", "literature")   # what a run is compared with, not how it was trained
 
 
-def steps_done(history: list[dict[str, Any]]) -> int:
-    """Optimisation steps of the epochs in `history` (each row says how many it took)."""
-    return sum(row["steps"] for row in history)
+def steps_done(history: list[dict[str, Any]], partial: dict[str, Any] | None = None) -> int:
+    """Optimisation steps of the epochs in `history` (each row says how many it took), plus those of the epoch a
+    signal stopped (a checkpoint's `partial` record), if any."""
+    return sum(row.get("steps", 0) for row in history) + (partial or {}).get("step", 0)
 
 
 def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -15,6 +15,7 @@ import torch
 from torch.distributions import Distribution
 
 from .errors import VaelabError
+from .metrics_log import steps_done
 from .progress import stage
 from .run_files import LoadedRun, write_json
 
@@ -46,8 +47,7 @@ def describe(run: LoadedRun) -> dict[str, Any]:
     from .provenance import __version__, git_commit
 
     cfg, history = run.cfg, run.state.get("history", [])
-    partial = run.state.get("partial") or {}           # a checkpoint written inside an epoch: its steps count too
-    steps = sum(r.get("steps", 0) for r in history) + partial.get("step", 0)
+    steps = steps_done(history, run.state.get("partial"))   # a checkpoint written inside an epoch: its steps too
     return {"config_name": cfg.name, "latent": cfg.model.latent, "estimator": cfg.estimator.name,
             "nets": cfg.model.nets, "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
             "epochs_trained": run.state.get("epoch", 0), "steps_trained": steps,

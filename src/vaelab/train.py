@@ -32,7 +32,7 @@ from .evaluate import elbo_terms
 from .gradvar import training_grad_stats
 from .hardware import resolve_device
 from .lifecycle import RunLock, StopSignals
-from .metrics_log import MemorySink, MetricsSink
+from .metrics_log import MemorySink, MetricsSink, steps_done
 from .optim import Optimizers, build_optimizers
 from .run_files import build, load_weights, prepare_data, save_checkpoint
 from .runstate import check_optimizer_state
@@ -206,7 +206,7 @@ class TrainState:
 
     @property
     def steps_done(self) -> int:
-        return sum(r["steps"] for r in self.history) + (self.partial or {}).get("step", 0)
+        return steps_done(self.history, self.partial)
 
     def state(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
