@@ -6,10 +6,9 @@ metrics.jsonl. Runs are grouped into settings by `--by` keys, or by every config
 (other than the seed, name, description and device); a key that a run's config.yaml lacks, because an older
 vaelab wrote it, counts as that key's default, so a key added later does not split old runs from new. Within a
 setting, each run (seed) contributes one number, and ± is the standard error of their mean; settings that share
-seeds are also compared seed by seed (paired
-differences, with a 95% t interval). Outputs: markdown on stdout, and with --out compare.md, compare.json (also
-each setting's per-epoch curves: mean, s.e. and runs per epoch) and a self-contained compare.html with those
-curves drawn (mean line and s.e. band across seeds).
+seeds are also compared seed by seed (paired differences, with a 95% t interval). Outputs: markdown on stdout, and
+with --out compare.md, compare.json (also each setting's per-epoch curves: mean, s.e. and runs per epoch) and a
+self-contained compare.html with those curves drawn (mean line and s.e. band across seeds).
 """
 
 from __future__ import annotations
