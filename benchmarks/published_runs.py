@@ -7,6 +7,7 @@ Each job is one `vaelab train PRESET --seed S --epochs E --out benchmarks/runs/p
 checkpoint (`vaelab train --resume DIR --epochs E`, which also extends a shorter finished run) and evaluates what
 has no eval.json. Each worker runs one job at a time with one thread (OMP_NUM_THREADS=1). Run it in the background:
     nohup python benchmarks/published_runs.py --workers 2 > benchmarks/runs/published/queue.log 2>&1 &
+`kill -TERM` (or SIGHUP) on the queue is passed to its running jobs, which checkpoint; it then exits 128 + signum.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import fnmatch
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from vaelab.sweep_run import CHILDREN, RunStopped, forwarding_stops
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("VAELAB_PUBLISHED_RUNS", ROOT / "benchmarks" / "runs" / "published")).resolve()
@@ -52,6 +56,14 @@ def epochs_done(run: Path) -> int:
     return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
 
 
+def vaelab(args: list[str], log, env: dict[str, str]) -> int:
+    """Run `vaelab ARGS` to its exit code; SIGTERM/SIGHUP to this queue reach it (it checkpoints and stops)."""
+    code = CHILDREN.run([*VAELAB, *args], stdout=log, stderr=log, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
+    if code and CHILDREN.signum is not None:
+        raise RunStopped(f"stopped by {signal.Signals(CHILDREN.signum).name}; the same command resumes it")
+    return code
+
+
 def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
     name, preset, epochs, seed, extra = job
     run = OUT / name
@@ -59,8 +71,7 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
     if preset == "reproduce":                           # resumable by itself: finished stages are skipped
         print(f"{time.strftime('%H:%M:%S')} {name}: vaelab reproduce", flush=True)
         cmd = ["reproduce", "--out", str(run), "--set", f"train.seed={seed}", *extra]
-        code = subprocess.run([*VAELAB, *cmd], stdout=log, stderr=log, env=env, cwd=ROOT).returncode
-        return f"{name}: " + (f"failed, see {log.name}" if code else "done")
+        return f"{name}: " + (f"failed, see {log.name}" if vaelab(cmd, log, env) else "done")
     shorter = OUT / name.replace("-1M", "")          # a 1M-step run continues its seed's finished 100k-step run
     if name.endswith("-1M") and not run.exists() and (shorter / "eval.json").is_file():
         shutil.copytree(shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
@@ -70,15 +81,14 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
         cmd = (["train", "--resume", str(run), "--epochs", str(epochs)] if has_checkpoint else
                ["train", preset, "--seed", str(seed), "--epochs", str(epochs), "--out", str(run), *extra])
         print(f"{time.strftime('%H:%M:%S')} {name}: vaelab {' '.join(cmd)}", flush=True)
-        if subprocess.run([*VAELAB, *cmd, "--quiet"], stdout=log, stderr=log, env=env, cwd=ROOT).returncode:
+        if vaelab([*cmd, "--quiet"], log, env):
             return f"{name}: training failed, see {log.name}"
     if not evaluate:
         return f"{name}: trained ({epochs_done(run)} epochs), not evaluated"
     evaluated = run / "eval.json"
     if not evaluated.is_file() or json.loads(evaluated.read_text()).get("epochs_trained") != epochs:
         print(f"{time.strftime('%H:%M:%S')} {name}: vaelab evaluate", flush=True)
-        if subprocess.run([*VAELAB, "evaluate", str(run), "--quiet"], stdout=log, stderr=log, env=env,
-                          cwd=ROOT).returncode:
+        if vaelab(["evaluate", str(run), "--quiet"], log, env):
             return f"{name}: evaluation failed, see {log.name}"
     return f"{name}: done ({epochs_done(run)} epochs)"
 
@@ -97,9 +107,18 @@ def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    with ThreadPoolExecutor(args.workers) as pool:
-        for result in pool.map(lambda j: run_job(j, env, not args.no_eval), jobs):
+    with forwarding_stops() as children, ThreadPoolExecutor(args.workers) as pool:
+        for result in pool.map(lambda j: stoppable(run_job, j, env, not args.no_eval), jobs):
             print(f"{time.strftime('%H:%M:%S')} {result}", flush=True)
+    if children.signum is not None:     # each stopped run checkpointed: the same command resumes
+        sys.exit(128 + children.signum)
+
+
+def stoppable(job_fn, job: tuple, *args) -> str:
+    try:
+        return job_fn(job, *args)
+    except RunStopped as stopped:
+        return f"{job[0]}: {stopped}"
 
 
 if __name__ == "__main__":
