@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from vaelab.errors import VaelabError
 from vaelab.sweep import Spec, run_name, sizing
+from vaelab.sweep_backends import Progress
 
 TINY = {"data.source": "digits", "model.hidden": [32], "model.latent_dim": 4, "train.epochs": 2,
         "train.batch_size": 64, "train.device": "cpu"}     # 21 steps an epoch (1297 digits / 64)
@@ -216,3 +217,13 @@ def test_ray_backend_gives_the_local_results(local_sweep, tmp_path):
         assert same_eval(local_sweep[0] / name, tmp_path / "out" / name)
         assert runs[f"estimator.name=disarm,seed={seed}"]["error"] == local_sweep[3][
             f"estimator.name=disarm,seed={seed}"]["error"].replace(str(local_sweep[0]), str(tmp_path / "out"))
+
+
+def test_progress_line_counts_each_ended_state(capsys):
+    """Stopped runs count as finished and are named; the count line adds up every ended run."""
+    progress = Progress(total=4)
+    for name, state in [("a", "done"), ("b", "failed"), ("c", "stopped")]:
+        progress.started(name)
+        progress.finished({"name": name, "state": state, "action": "trained", "error": "boom", "seconds": 1.0})
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "3/4 finished (1 done, 1 failed, 1 stopped), 0 running | c: STOPPED: boom" in last

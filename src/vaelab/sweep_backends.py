@@ -54,10 +54,11 @@ class Book:
 
 
 class Progress:
-    """The sweep's progress line on stderr, one line per event."""
+    """The sweep's progress line on stderr, one line per event: runs ended so far by state (done, failed, and
+    stopped by a signal), and how many are running."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.done, self.failed, self.running = total, 0, 0, 0
+        self.total, self.running, self.ended = total, 0, {"done": 0, "failed": 0, "stopped": 0}
         self.t0, self.lock = time.perf_counter(), threading.Lock()
 
     def started(self, name: str) -> None:
@@ -68,15 +69,14 @@ class Progress:
     def finished(self, result: dict[str, Any]) -> None:
         with self.lock:
             self.running = max(0, self.running - 1)
-            self.done += result["state"] == "done"
-            self.failed += result["state"] == "failed"
+            self.ended[result["state"]] += 1
             what = result["action"] if result["state"] == "done" else f"{result['state'].upper()}: {result['error']}"
             self._line(f"{result['name']}: {what} ({result['seconds']:.0f} s)")
 
     def _line(self, event: str) -> None:
-        print(f"[sweep {time.perf_counter() - self.t0:6.0f} s] {self.done + self.failed}/{self.total} finished "
-              f"({self.done} done, {self.failed} failed), {self.running} running | {event}", file=sys.stderr,
-              flush=True)
+        counts = ", ".join(f"{n} {state}" for state, n in self.ended.items() if n or state != "stopped")
+        print(f"[sweep {time.perf_counter() - self.t0:6.0f} s] {sum(self.ended.values())}/{self.total} finished "
+              f"({counts}), {self.running} running | {event}", file=sys.stderr, flush=True)
 
 
 @contextmanager
