@@ -1,6 +1,6 @@
 """Gradient diagnostics: each estimator's gradient against the exact one, with its bias, variance and cost.
 
-On a fixed batch and fixed parameters, `estimator_grads` draws an estimator's gradient many times and `diagnose`
+On a fixed batch and fixed parameters, `draw_grads` draws an estimator's gradient many times and `diagnose`
 compares the draws with the exact gradient of the mean ELBO, computed with autograd through the exact expectation
 sum_z q(z|x) log p(x|z) - KL over all 2^D codes (D <= EXACT_MAX_DIM). Above that the target is a high-draw
 reference (RLOO with many samples) whose own noise is reported next to the biases. All gradients here are of the
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,9 +57,9 @@ def exact_grad(model: VAE, x: Tensor, params: Sequence[nn.Parameter], objective:
     return grad
 
 
-def estimator_grads(estimator: Estimator, model: VAE, x: Tensor, params: Sequence[nn.Parameter], draws: int,
-                    replicas: int = 1, progress: bool = False, desc: str = "gradient draws") -> Tensor:
-    """`draws` independent gradient estimates of the objective w.r.t. `params`: [draws, n_params].
+def draw_grads(estimator: Estimator, model: VAE, x: Tensor, params: Sequence[nn.Parameter], draws: int,
+               replicas: int = 1, progress: bool = False, desc: str = "gradient draws") -> Iterator[Tensor]:
+    """`draws` independent gradient estimates of the objective w.r.t. `params`, one [n_params] row at a time.
 
     Each row is one estimator call on `x` repeated `replicas` times along the batch, i.e. the mean of `replicas`
     independent single-draw gradients (faster in tests; the per-draw covariance is `replicas` times the rows').
@@ -71,17 +72,50 @@ def estimator_grads(estimator: Estimator, model: VAE, x: Tensor, params: Sequenc
     xr = x.repeat(replicas, 1)                                            # [replicas * B, P]
     was_training = estimator.training
     estimator.eval()
-    rows = []
     try:
         for _ in bar(range(draws), desc, progress, unit="draws"):
             est = estimator(model, xr)
-            g = flat_grad(-est.loss, params)
+            g = flat_grad(-est.loss, params)                              # [n_params]
             if "encoder_grad_scale" in est.stats:
                 g = torch.where(is_encoder, g / est.stats["encoder_grad_scale"], g)
-            rows.append(g)
+            yield g
     finally:
         estimator.train(was_training)
-    return torch.stack(rows)
+
+
+def estimator_grads(*args: Any, **kwargs: Any) -> Tensor:
+    """All of `draw_grads`'s rows at once: [draws, n_params] (for tests and small models)."""
+    return torch.stack(list(draw_grads(*args, **kwargs)))
+
+
+@dataclass
+class GradMoments:
+    """The mean and per-coordinate variance of gradient draws, accumulated one draw at a time in float64
+    (Welford 1962), so `gradvar` never holds the [draws, n_params] matrix (1000 draws of 10^6 parameters: 4 GB)."""
+
+    n: int
+    mean: Tensor                                                          # [n_params], float64
+    m2: Tensor                                                            # [n_params] sum of squared deviations
+
+    @classmethod
+    def of(cls, rows: Iterable[Tensor]) -> GradMoments:
+        n, mean, m2 = 0, None, None
+        for row in rows:
+            row = row.double()
+            n += 1
+            if mean is None:
+                mean, m2 = row.clone(), torch.zeros_like(row)
+            else:
+                delta = row - mean
+                mean += delta / n
+                m2 += delta * (row - mean)
+        if n < 2:
+            raise VaelabError(f"gradient statistics need at least 2 draws, got {n}: raise --draws")
+        return cls(n, mean, m2)
+
+    def variance_trace(self) -> float:
+        """Sum over coordinates of the unbiased per-coordinate variance (the trace of the covariance)."""
+        return (self.m2.sum() / (self.n - 1)).item()
 
 
 def warm_up(estimator: Estimator, model: VAE, x: Tensor, steps: int = 100, lr: float = 1e-2) -> None:
@@ -103,19 +137,19 @@ def warm_up(estimator: Estimator, model: VAE, x: Tensor, steps: int = 100, lr: f
 def reference_grad(model: VAE, x: Tensor, params: Sequence[nn.Parameter], draws: int = 20,
                    num_samples: int = 500, progress: bool = False) -> tuple[Tensor, float]:
     """An unbiased high-draw ELBO gradient (RLOO with `num_samples` samples, `draws` times) and its noise norm."""
-    grads = estimator_grads(RLOO(num_samples).to(x.device), model, x, params, draws, progress=progress,
-                            desc=f"gradvar: reference gradient, RLOO with {num_samples} samples")
-    return grads.mean(0), math.sqrt(grads.var(0).sum().item() / draws)
+    grads = GradMoments.of(draw_grads(RLOO(num_samples).to(x.device), model, x, params, draws, progress=progress,
+                                      desc=f"gradvar: reference gradient, RLOO with {num_samples} samples"))
+    return grads.mean.to(x.dtype), math.sqrt(grads.variance_trace() / draws)
 
 
-def summarize_grads(grads: Tensor, target: Tensor | None, replicas: int = 1) -> dict[str, float | None]:
+def summarize_grads(grads: GradMoments, target: Tensor | None, replicas: int = 1) -> dict[str, float | None]:
     """Bias norm, its noise floor, trace of the per-draw covariance, MSE, relative bias and cosine to the target."""
-    n = len(grads)
-    variance = grads.var(0).sum().item() * replicas                      # per single draw
+    n = grads.n
+    variance = grads.variance_trace() * replicas                         # per single draw
     out: dict[str, float | None] = {"variance": variance, "log10_variance": math.log10(max(variance, 1e-300))}
     if target is None:
         return out | {"bias_norm": None, "bias_noise_floor": None, "mse": None, "relative_bias": None, "cosine": None}
-    mean = grads.mean(0)
+    mean = grads.mean.to(target.dtype)
     bias = (mean - target).norm().item()
     return out | {
         "bias_norm": bias,
@@ -153,7 +187,7 @@ def diagnose(estimators: dict[str, Estimator], model: VAE, x: Tensor, draws: int
         if objective == "iw":
             row_target = exact_grad(model, x, params, "iw", k) if exact and dim * k <= 16 else None
         t0 = time.perf_counter()
-        grads = estimator_grads(est, model, x, params, draws, progress=progress, desc=f"gradvar: {name}")
+        grads = GradMoments.of(draw_grads(est, model, x, params, draws, progress=progress, desc=f"gradvar: {name}"))
         seconds = (time.perf_counter() - t0) / draws
         rows.append({"estimator": name, "unbiased": bool(est.unbiased),
                      "target": "elbo" if objective == "elbo" else f"iw bound, K={k}",
@@ -259,12 +293,12 @@ def training_grad_stats(estimator: Estimator, model: VAE, x: Tensor, draws: int 
     cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
     try:
         params = list(model.encoder.parameters())
-        grads = estimator_grads(estimator, model, x, params, draws)            # [draws, n_params]
+        grads = GradMoments.of(draw_grads(estimator, model, x, params, draws))
     finally:
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, x.device)
-    variance = grads.var(0).sum().item()
-    signal = grads.mean(0).norm().item()
+    variance = grads.variance_trace()
+    signal = grads.mean.norm().item()
     return {"grad_var": variance, "log10_grad_var": math.log10(max(variance, 1e-300)),
             "grad_snr": signal / math.sqrt(variance) if variance > 0 else math.inf}
