@@ -32,7 +32,10 @@ from .stats import SE_LABEL, combined_mc_se, mean_se, paired_difference
 METRICS = [("elbo", "test ELBO"), ("iw_loglik", "IW log-lik."), ("kl", "KL"), ("rec", "rec.")]
 QUALITY = [("fid_classifier_features", "FID (CNN features)"), ("precision", "precision"), ("recall", "recall"),
            ("digit_entropy_fraction", "digit entropy / log 10"), ("mean_confidence", "confidence")]
-IGNORED = ("name", "description", "train.seed", "train.device")
+IGNORED = ("name", "description", "train.seed", "train.device", "train.log_every")   # no effect on the numbers
+# keys with no effect given another key's value: runs differing only there are one setting
+INERT_WHEN = {"train.grad_stats_draws": lambda c: not c.get("train.grad_stats_every"),
+              "train.compile_mode": lambda c: not c.get("train.compile")}
 SECTIONS = ("data", "model", "estimator", "train", "eval")          # flattened to section.key, like --set
 PROVENANCE = {"config_name": "name", "latent": "model.latent", "estimator": "estimator.name", "seed": "train.seed",
               "data": "data.source", "binarize": "data.binarize", "eval_seed": "data.eval_seed",
@@ -162,7 +165,8 @@ def show(value: Any) -> str:
 
 
 def grouping_keys(runs: list[Run], by: list[str]) -> list[str]:
-    """`by`, checked; or every flattened config key whose value differs between runs, except IGNORED."""
+    """`by`, checked; or every flattened config key whose value differs between runs where it has an effect, except
+    IGNORED."""
     if by:
         for key in by:
             if all(lookup(r.raw, key) is None for r in runs):
@@ -172,7 +176,17 @@ def grouping_keys(runs: list[Run], by: list[str]) -> list[str]:
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run.config if k not in keys]
-    return [k for k in keys if k not in IGNORED and len({_canon(r.config.get(k)) for r in runs}) > 1]
+    return [k for k in keys if k not in IGNORED and len(_values(runs, k)) > 1]
+
+
+def _inert(run: Run, key: str) -> bool:
+    """Whether `key` has no effect in this run, given its other keys (INERT_WHEN)."""
+    return key in INERT_WHEN and INERT_WHEN[key](run.config)
+
+
+def _values(runs: list[Run], key: str) -> set[str]:
+    """The distinct values of `key` over the runs where it has an effect."""
+    return {_canon(r.config.get(key)) for r in runs if not _inert(r, key)}
 
 
 @dataclass
@@ -191,7 +205,7 @@ def group(runs: list[Run], keys: list[str]) -> list[Setting]:
     """Settings in order of first appearance; two runs of one setting with the same seed are refused."""
     settings: dict[str, Setting] = {}
     for run in runs:
-        values = {k: lookup(run.raw, k) for k in keys}
+        values = {k: None if _inert(run, k) else lookup(run.raw, k) for k in keys}
         label = ", ".join(f"{k}={show(v)}" for k, v in values.items()) or "all runs"
         setting = settings.setdefault(_canon(values), Setting(label, values, []))
         twin = next((r for r in setting.runs if r.seed == run.seed), None)
