@@ -200,25 +200,26 @@ def test_settings_default_to_every_differing_key(tmp_path):
 
 
 def test_a_key_an_older_config_lacks_counts_as_its_default(tmp_path):
-    """Seed 0's config.yaml predates train.grad_stats_draws; seed 1 records the default, seed 2 another value."""
+    """Seed 0's config.yaml predates train.autocast; seed 1 records the default, seed 2 another value."""
     for seed in (0, 1, 2):
         write_run(tmp_path / f"s{seed}", "reparam", seed, NUMBERS[("reparam", seed)], provenance=False)
     old = yaml.safe_load((tmp_path / "s0" / "config.yaml").read_text())
-    del old["train"]["grad_stats_draws"]
+    del old["train"]["autocast"]
     (tmp_path / "s0" / "config.yaml").write_text(yaml.safe_dump(old))
     assert "all runs" in compare([tmp_path / "s0", tmp_path / "s1"])   # one setting of two seeds
     other = yaml.safe_load((tmp_path / "s2" / "config.yaml").read_text())
-    other["train"] |= {"grad_stats_draws": 16, "grad_stats_every": 5}
+    other["train"]["autocast"] = "bf16"
     (tmp_path / "s2" / "config.yaml").write_text(yaml.safe_dump(other))
     md = compare([tmp_path])
-    assert "Settings differ in: train.grad_stats_every." in md     # its draws matter only where it is on
-    assert "| train.grad_stats_every=– | 2 |" in md and "| train.grad_stats_every=5 | 1 |" in md
+    assert "Settings differ in: train.autocast." in md
+    assert "| train.autocast=– | 2 |" in md and "| train.autocast=bf16 | 1 |" in md
 
 
 def test_keys_without_effect_do_not_split_settings(tmp_path):
-    """grad_stats_draws with the probe off, compile_mode without compile and log_every change no number: 3 seeds
-    that differ only there are one setting."""
-    changes = [{}, {"grad_stats_draws": 16, "log_every": 1}, {"compile_mode": "max-autotune", "log_every": 50}]
+    """The gradient probe (it restores the RNG it draws from), log_every, and compile_mode without compile change no
+    number: 3 seeds that differ only there are one setting."""
+    changes = [{}, {"grad_stats_every": 500, "grad_stats_draws": 16, "log_every": 1},
+               {"compile_mode": "max-autotune", "log_every": 50}]
     for seed, change in enumerate(changes):
         write_run(tmp_path / f"s{seed}", "reparam", seed, NUMBERS[("reparam", seed)], provenance=False)
         cfg = yaml.safe_load((tmp_path / f"s{seed}" / "config.yaml").read_text())

@@ -32,10 +32,11 @@ from .stats import SE_LABEL, combined_mc_se, mean_se, paired_difference
 METRICS = [("elbo", "test ELBO"), ("iw_loglik", "IW log-lik."), ("kl", "KL"), ("rec", "rec.")]
 QUALITY = [("fid_classifier_features", "FID (CNN features)"), ("precision", "precision"), ("recall", "recall"),
            ("digit_entropy_fraction", "digit entropy / log 10"), ("mean_confidence", "confidence")]
-IGNORED = ("name", "description", "train.seed", "train.device", "train.log_every")   # no effect on the numbers
+# keys with no effect on the numbers: logging, and the gradient probe, which restores the RNG it draws from
+IGNORED = ("name", "description", "train.seed", "train.device", "train.log_every", "train.grad_stats_every",
+           "train.grad_stats_draws")
 # keys with no effect given another key's value: runs differing only there are one setting
-INERT_WHEN = {"train.grad_stats_draws": lambda c: not c.get("train.grad_stats_every"),
-              "train.compile_mode": lambda c: not c.get("train.compile")}
+INERT_WHEN = {"train.compile_mode": lambda c: not c.get("train.compile")}
 SECTIONS = ("data", "model", "estimator", "train", "eval")          # flattened to section.key, like --set
 PROVENANCE = {"config_name": "name", "latent": "model.latent", "estimator": "estimator.name", "seed": "train.seed",
               "data": "data.source", "binarize": "data.binarize", "eval_seed": "data.eval_seed",
