@@ -221,7 +221,7 @@ ARGUMENT_CASES = [
     Case("evaluate-iw-absurd", cmd("evaluate", "RUN", "--iw-samples", "1000000000000"), "from 0 to 1,000,000"),
     Case("evaluate-unknown-flag", cmd("evaluate", "RUN", "--bogus"), "unrecognized arguments: --bogus"),
     Case("gradvar-draws-0", cmd("gradvar", "RUN", "--draws", "0"), "--draws 0"),
-    Case("gradvar-draws-absurd", cmd("gradvar", "RUN", "--draws", "1000000000"), "of draws held in memory"),
+    Case("gradvar-draws-absurd", cmd("gradvar", "RUN", "--draws", "1000000000"), "of draws (each one estimator call)"),
     Case("gradvar-batch-0", cmd("gradvar", "RUN", "--batch", "0"), "--batch 0"),
     Case("gradvar-batch-negative", cmd("gradvar", "RUN", "--batch", "-4"), "--batch -4"),
     Case("gradvar-batch-absurd", cmd("gradvar", "RUN", "--batch", "10000000"), "--batch 10000000"),

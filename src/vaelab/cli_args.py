@@ -11,7 +11,7 @@ from .checks import SEED_MAX, check_count
 
 SAMPLE_N_MAX = 10_000          # images in one sample grid
 QUALITY_N_MAX = 100_000        # samples scored by `quality` (held in memory with their classifier features)
-DRAWS_MAX = 10_000             # gradvar draws (kept in memory: draws x encoder parameters x 4 bytes)
+DRAWS_MAX = 10_000             # gradvar draws (streamed, GradMoments: bounds time, not memory)
 BATCH_MAX = 65_536             # gradvar's fixed batch
 WARMUP_MAX = 1_000_000         # gradvar warm-up steps
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")

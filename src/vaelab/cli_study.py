@@ -179,7 +179,7 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
     from .gradvar import format_table, gradvar, plot_gradvar
     from .run_files import write_json
 
-    check_count("--draws", args.draws, 2, DRAWS_MAX, " of draws held in memory; 2 measure a variance")
+    check_count("--draws", args.draws, 2, DRAWS_MAX, " of draws (each one estimator call); 2 measure a variance")
     check_count("--batch", args.batch, 1, BATCH_MAX)
     check_count("--warmup", args.warmup, 0, WARMUP_MAX)
     check_seed("--seed", args.seed)
