@@ -139,6 +139,29 @@ def test_compare_json_holds_each_settings_curves(sweep_dir, tmp_path):
     np.testing.assert_allclose(elbo["se"], sps.sem(per_seed, axis=1))
 
 
+def test_gradient_variance_curve_is_mean_and_se_across_seeds_per_step(sweep_dir, tmp_path):
+    """Runs with grad_stats.jsonl (train.grad_stats_every) give compare.json a log10_grad_var curve against steps and
+    the page its figure; seed 2 stopped before step 300, so that step has 2 runs; settings without it have none."""
+    values = {0: [4.0, 3.5, 3.2], 1: [4.2, 3.4, 3.0], 2: [4.1, 3.6]}
+    for seed, series in values.items():
+        rows = [{"step": 100 * (i + 1), "grad_var": 10**v, "log10_grad_var": v, "grad_snr": 0.1}
+                for i, v in enumerate(series)]
+        (sweep_dir / f"estimator.name=reparam,seed={seed}" / "grad_stats.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    compare([sweep_dir], out=tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    by_label = {s["label"].rpartition("=")[2]: s["curves"] for s in result["settings"]}
+    assert "log10_grad_var" not in by_label["iwae"]
+    band = by_label["reparam"]["log10_grad_var"]
+    assert band["step"] == [100, 200, 300] and band["n"] == [3, 3, 2]
+    for i in range(3):
+        at_step = [series[i] for series in values.values() if len(series) > i]
+        assert band["mean"][i] == pytest.approx(np.mean(at_step))
+        assert band["se"][i] == pytest.approx(sps.sem(at_step))
+    assert (tmp_path / "cmp" / "curves_grad_var.png").stat().st_size > 1000
+    assert "gradient variance against steps" in (tmp_path / "cmp" / "compare.html").read_text()
+
+
 def test_by_key_and_fallback_to_config_and_metrics(tmp_path, cli):
     """No provenance in eval.json: seed from config.yaml, epochs from metrics.jsonl, no MC error; eval.json alone
     (no config.yaml) is grouped by its provenance fields."""

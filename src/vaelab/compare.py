@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
-from .compare_html import CURVES, epoch_band, render_html
+from .compare_html import CURVES, GRAD_CURVE, epoch_band, render_html, step_band
 from .config import Config
 from .errors import VaelabError
+from .metrics_log import GRAD_STATS
 from .stats import SE_LABEL, combined_mc_se, mean_se, paired_difference
 
 METRICS = [("elbo", "test ELBO"), ("iw_loglik", "IW log-lik."), ("kl", "KL"), ("rec", "rec.")]
@@ -55,6 +56,7 @@ class Run:
     values: dict[str, float | None]
     history: list[dict[str, Any]]
     provenance: dict[str, Any]
+    grad_stats: list[dict[str, Any]] = field(default_factory=list)   # grad_stats.jsonl rows, if it was measured
     notes: list[str] = field(default_factory=list)
 
 
@@ -142,7 +144,8 @@ def load_run(path: Path) -> Run:
             values |= {f"{key}.{q}": scores.get(q) for q, _ in QUALITY}
     epochs = ev.get("epochs_trained", len(history))
     run = Run(path, flatten(raw), raw, lookup(raw, "train.seed"), values, history,
-              {k: ev.get(k) for k in ("vaelab_version", "git_commit", "steps_trained")} | {"epochs": epochs})
+              {k: ev.get(k) for k in ("vaelab_version", "git_commit", "steps_trained")} | {"epochs": epochs},
+              _read_json_lines(path / GRAD_STATS))
     planned = lookup(raw, "train.epochs")
     if isinstance(planned, int) and len(history) < planned:
         run.notes.append(f"{path}: unfinished, {len(history)} of its {planned} epochs trained")
@@ -238,7 +241,8 @@ def summarize(settings: list[Setting], runs: list[Run], keys: list[str]) -> dict
             "runs": [str(r.path) for r in s.runs], "epochs": sorted({r.provenance["epochs"] for r in s.runs}),
             "metrics": metrics,
             "curves": {key: band for split in ("train", "valid") for metric, _ in CURVES
-                       if (band := epoch_band(s, key := f"{split}_{metric}"))["epoch"]},
+                       if (band := epoch_band(s, key := f"{split}_{metric}"))["epoch"]}
+            | ({GRAD_CURVE[0]: band} if (band := step_band(s, GRAD_CURVE[0]))["step"] else {}),
             "provenance": sorted({f"{r.provenance['vaelab_version']} {r.provenance['git_commit']}" for r in s.runs
                                   if r.provenance.get("git_commit")})})
     for i, a in enumerate(settings):
