@@ -50,8 +50,9 @@ JOBS = [
       for e, kw in ESTIMATORS],
     # Burda et al.'s 3,280-epoch schedule: ~7 h of one CPU thread, so it runs over several sessions, resumed
     ("iwae_vae_1layer-s0", f"{LIT}/iwae_vae_1layer.yaml", 3280, 0, []),
-    # the DisARM paper's nonlinear model at its 10^6 steps (73 min of one thread), run as far as a session allows
-    ("disarm_nonlinear-disarm-s0-1M", f"{LIT}/disarm_nonlinear.yaml", 1000, 0, []),
+    # the DisARM paper's nonlinear model at its 10^6 steps (73-90 min of one thread each), as far as a session allows
+    *[(f"disarm_nonlinear-{e}-s0-1M", f"{LIT}/disarm_nonlinear.yaml", 1000, 0, ["--estimator", e, *kw])
+      for e, kw in ESTIMATORS],
 ]
 
 
