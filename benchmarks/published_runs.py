@@ -113,15 +113,16 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with forwarding_stops() as children, ThreadPoolExecutor(args.workers) as pool:
-        for result in pool.map(lambda j: stoppable(run_job, j, env, not args.no_eval), jobs):
+        for result in pool.map(lambda j: run_stoppable(j, env, not args.no_eval), jobs):
             print(f"{time.strftime('%H:%M:%S')} {result}", flush=True)
     if children.signum is not None:     # each stopped run checkpointed: the same command resumes
         sys.exit(128 + children.signum)
 
 
-def stoppable(job_fn, job: tuple, *args) -> str:
+def run_stoppable(job: tuple, env: dict[str, str], evaluate: bool) -> str:
+    """run_job's result line, or how the job stopped when the queue was asked to stop."""
     try:
-        return job_fn(job, *args)
+        return run_job(job, env, evaluate)
     except RunStopped as stopped:
         return f"{job[0]}: {stopped}"
 

@@ -226,6 +226,15 @@ def metric_names(runs: list[Run]) -> list[tuple[str, str]]:
     return [*METRICS, *[(k, k.removeprefix("quality_").replace(".", " ")) for k in quality]]
 
 
+def _curves(setting: Setting) -> dict[str, dict[str, list]]:
+    """compare.json's curves of one setting: each train/valid metric per epoch, the gradient probe's per step;
+    only those some run has."""
+    bands = {f"{split}_{metric}": epoch_band(setting, f"{split}_{metric}")
+             for split in ("train", "valid") for metric, _ in CURVES}
+    bands[GRAD_CURVE[0]] = step_band(setting, GRAD_CURVE[0])
+    return {key: band for key, band in bands.items() if band["mean"]}
+
+
 def summarize(settings: list[Setting], runs: list[Run], keys: list[str]) -> dict[str, Any]:
     """compare.json: per setting mean/s.e./n of each metric; paired differences of settings sharing seeds."""
     names = [k for k, _ in metric_names(runs)] + ["train_elbo", "train_seconds"]
@@ -240,9 +249,7 @@ def summarize(settings: list[Setting], runs: list[Run], keys: list[str]) -> dict
             "label": s.label, "values": s.values, "seeds": [r.seed for r in s.runs],
             "runs": [str(r.path) for r in s.runs], "epochs": sorted({r.provenance["epochs"] for r in s.runs}),
             "metrics": metrics,
-            "curves": {key: band for split in ("train", "valid") for metric, _ in CURVES
-                       if (band := epoch_band(s, key := f"{split}_{metric}"))["epoch"]}
-            | ({GRAD_CURVE[0]: band} if (band := step_band(s, GRAD_CURVE[0]))["step"] else {}),
+            "curves": _curves(s),
             "provenance": sorted({f"{r.provenance['vaelab_version']} {r.provenance['git_commit']}" for r in s.runs
                                   if r.provenance.get("git_commit")})})
     for i, a in enumerate(settings):
