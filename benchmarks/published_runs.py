@@ -50,7 +50,7 @@ JOBS = [
       for e, kw in ESTIMATORS],
     # Burda et al.'s 3,280-epoch schedule: ~7 h of one CPU thread, so it runs over several sessions, resumed
     ("iwae_vae_1layer-s0", f"{LIT}/iwae_vae_1layer.yaml", 3280, 0, []),
-    # the DisARM paper's nonlinear model at its 10^6 steps (73-90 min of one thread each), as far as a session allows
+    # the DisARM paper's nonlinear model at its 10^6 steps (68-80 min of one thread each, two side by side)
     *[(f"disarm_nonlinear-{e}-s0-1M", f"{LIT}/disarm_nonlinear.yaml", 1000, 0, ["--estimator", e, *kw])
       for e, kw in ESTIMATORS],
 ]
@@ -77,7 +77,8 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
         print(f"{time.strftime('%H:%M:%S')} {name}: vaelab reproduce", flush=True)
         cmd = ["reproduce", "--out", str(run), "--set", f"train.seed={seed}", *extra]
         return f"{name}: " + (f"failed, see {log.name}" if vaelab(cmd, log, env) else "done")
-    shorter = OUT / name.replace("-1M", "")          # a 1M-step run continues its seed's finished 100k-step run
+    # a 1M-step run continues its seed's finished 100k-step run; without one it starts at step 0, to the same numbers
+    shorter = OUT / name.replace("-1M", "")
     if name.endswith("-1M") and not run.exists() and (shorter / "eval.json").is_file():
         shutil.copytree(shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
     done = epochs_done(run)
