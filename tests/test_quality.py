@@ -69,7 +69,8 @@ def test_digit_coverage_entropy_and_confidence():
 
 @pytest.fixture(scope="module")
 def mnist_test():
-    from vaelab.data import binarize, load_splits
+    from vaelab.binarize import binarize
+    from vaelab.data import load_splits
 
     splits = load_splits("mnist")
     gray = torch.from_numpy(splits.x_test)

@@ -19,7 +19,8 @@ import torch
 from conftest import serve_folder
 
 from vaelab import sources
-from vaelab.data import SPLIT_KEYS, binarize
+from vaelab.binarize import binarize
+from vaelab.data import SPLIT_KEYS
 from vaelab.errors import VaelabError
 from vaelab.sources import MANIFEST, Original, load_source
 

@@ -246,8 +246,8 @@ def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None 
     RUN/gradvar, or runs/<name>/gradvar with the config's name as `vaelab train` gives it (`config.name_variant`)."""
     from pathlib import Path
 
+    from .binarize import binarize
     from .config import load_config
-    from .data import binarize
     from .estimators import build_estimator
     from .hardware import resolve_device
     from .run_files import build, open_run, prepare_data

@@ -29,7 +29,7 @@ from scipy.io.matlab import MatReadError
 
 from .atomic import atomic_write, atomic_write_text
 from .data import SOURCES as DATA_SOURCES
-from .data import SPLIT_KEYS, Splits, _read_idx, download, load_splits, mnist_cache_dir
+from .data import SPLIT_KEYS, Splits, _read_idx, download, load_splits, mnist_cache_dir, pixels_from_bytes
 from .errors import VaelabError, did_you_mean
 from .npz import check_npz
 
@@ -124,7 +124,7 @@ def _read_fashion(spec: Source, paths: list[Path]) -> dict[str, np.ndarray]:
         _count(x, n, path.name)
         if x.shape[1:] != (28, 28) or len(y) != n:
             raise ValueError(f"{path.name}: images {x.shape[1:]} and {len(y)} labels for {n} images, expected 28x28")
-    xs = [x.reshape(len(x), -1).astype(np.float32) / 255 for x in (x_tr[:n_tr], x_tr[n_tr:], x_te)]
+    xs = [pixels_from_bytes(x.reshape(len(x), -1)) for x in (x_tr[:n_tr], x_tr[n_tr:], x_te)]
     return _six(xs, [y.astype(np.int64) for y in (y_tr[:n_tr], y_tr[n_tr:], y_te)])
 
 
