@@ -104,6 +104,20 @@ def test_unbiased_estimator_mean_matches_exact_gradient(latent, name):
     assert matches(grads, exact), f"{name}: worst |mean - exact| = {worst_z(grads, exact):.1f} SE"
 
 
+@pytest.mark.parametrize("name", ["disarm", "arm", "rloo"])
+def test_reference_elbo_signal_is_unbiased_and_reports_the_fresh_draws_elbo(name):
+    """signal="elbo" (the DisARM reference code's learning signal, the decoder and prior on a fresh draw): the mean
+    gradient of encoder, decoder and prior matches the exact ELBO gradient, and the loss value is -ELBO."""
+    model, x = tiny_model(), tiny_batch()
+    est = ready(name, model, x, signal="elbo")
+    out = est(model, x)
+    torch.testing.assert_close(out.loss.detach(), -out.elbo.mean())
+    params = list(model.parameters())
+    exact = exact_grad(model, x, params)
+    grads = estimator_grads(est, model, x, params, GROUPS, REPLICAS)
+    assert matches(grads, exact), f"{name}: worst |mean - exact| = {worst_z(grads, exact):.1f} SE"
+
+
 @pytest.mark.parametrize("name", BIASED)
 def test_biased_estimator_points_the_right_way_and_its_bias_is_detected(name):
     model, x = tiny_model(), tiny_batch()

@@ -62,7 +62,7 @@ def test_resume_with_param_groups_continues_bit_for_bit(tmp_path):
 
 @pytest.mark.parametrize(("groups", "message"), [
     ({"priors": {"lr": 0.1}}, "unknown group; choose from prior"),
-    ({"prior": {"optimizer": "rmsprop"}}, "choose adam or sgd"),
+    ({"prior": {"optimizer": "rmsprop"}}, "choose adam, sgd, burda_adam"),
     ({"prior": {"optimizer": "sgd", "betas": [0.9, 0.9]}}, r"unknown key\(s\) betas for sgd"),
     ({"prior": {"lr": -1}}, r"lr = -1 must be a finite number > 0"),
     ({"prior": {"lr": float("nan")}}, r"lr = nan must be a finite number > 0"),

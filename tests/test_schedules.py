@@ -163,3 +163,40 @@ def test_resumed_run_continues_the_learning_rate_schedule(tmp_path, monkeypatch)
     monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
     history = train(None, tmp_path / "run", resume=True, quiet=True)
     assert [r["lr"] for r in history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+def test_multistep_matches_torch_multisteplr():
+    """kind multistep against torch's MultiStepLR stepped once an epoch (Pythae's 784-400-40 schedule)."""
+    from vaelab.schedules import lr_schedule
+
+    gamma = 10 ** (-1 / 5)
+    factor = lr_schedule({"kind": "multistep", "milestones": [200, 350], "gamma": gamma})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[200, 350], gamma=gamma)
+    for epoch in range(500):
+        assert factor(epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), epoch
+        opt.step()
+        sched.step()
+
+
+def test_iwae_rounded_rates_are_the_authors():
+    """yburda/iwae experiments.py: stage i (1..8) runs 3^(i-1) epochs at 1e-4 * round(10^(1-(i-1)/7), 1)."""
+    from vaelab.schedules import lr_schedule
+
+    factor = lr_schedule({"kind": "iwae", "rounded": True})
+    starts = [0, 1, 4, 13, 40, 121, 364, 1093]
+    assert [round(1e-3 * factor(e), 10) for e in starts] == [1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4,
+                                                              1e-4]
+    assert factor(3279) == factor(1093) and factor(1092) == factor(364)
+
+
+@pytest.mark.parametrize("spec", [{"kind": "multistep", "milestones": [350, 200], "gamma": 0.5},
+                                  {"kind": "multistep", "milestones": [], "gamma": 0.5},
+                                  {"kind": "multistep", "milestones": [200], "gamma": 1.5},
+                                  {"kind": "iwae", "rounded": "yes"}])
+def test_bad_lr_schedules_are_refused(spec):
+    from vaelab.errors import VaelabError
+    from vaelab.schedules import lr_schedule
+
+    with pytest.raises(VaelabError, match="train.lr_schedule"):
+        lr_schedule(spec)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .data import BINARIZATIONS
+from .binarize import BINARIZATIONS
 from .errors import VaelabError, check_number, did_you_mean
 from .estimators import ESTIMATORS
 from .hardware import check_device_name, check_options
@@ -29,6 +29,8 @@ from .schedules import kl_schedule, lr_schedule
 SEED_MAX = 2**63 - 1            # torch and numpy seeds: 0 .. 2^63-1
 SIZE_MAX = 65536                # the largest layer width, channel count or latent dimension accepted
 DECODER_BIASES = ("zero", "data_mean")
+DECODER_INPUTS = ("code", "centered")
+INITS = ("torch", "glorot_uniform")
 
 
 def check_int(where: str, value: Any, lo: int, hi: int | None = None, fix: str = "") -> None:
@@ -123,6 +125,8 @@ def _check_data(cfg: Any) -> None:
         raise VaelabError("data.source is empty: give mnist, digits or a path to a .npz file or IDX folder")
     check_choice("data.binarize", cfg.binarize, BINARIZATIONS)
     check_seed("data.eval_seed", cfg.eval_seed)
+    if cfg.valid_size is not None:
+        check_int("data.valid_size", cfg.valid_size, 1, SIZE_MAX, "e.g. 400 (the IWAE code's split)")
 
 
 def _check_model(cfg: Any) -> None:
@@ -133,6 +137,11 @@ def _check_model(cfg: Any) -> None:
         check_int(f"model.hidden[{i}]", size, 1, SIZE_MAX, "list positive layer sizes, e.g. [512, 256]")
     check_choice("model.activation", cfg.activation, ACTIVATIONS)
     check_choice("model.decoder_bias", cfg.decoder_bias, DECODER_BIASES)
+    check_choice("model.decoder_input", cfg.decoder_input, DECODER_INPUTS)
+    check_choice("model.init", cfg.init, INITS)
+    if cfg.decoder_input == "centered" and not latent.discrete:
+        raise VaelabError(f"model.decoder_input=centered maps binary codes to 2z - 1; latent {cfg.latent} is not "
+                          "binary: set model.decoder_input=code")
     check_kwargs(latent, cfg.latent_kwargs, "model.latent_kwargs")
 
 

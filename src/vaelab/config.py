@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-import yaml.constructor
 
+from . import yaml_io
 from .checks import check_config, check_type
 from .errors import VaelabError, did_you_mean
 
@@ -22,6 +22,7 @@ class DataConfig:
     source: str = "mnist"  # mnist | digits | mnist-static | fashion-mnist | omniglot | caltech-silhouettes | PATH
     binarize: str = "dynamic"      # dynamic (fresh draw each epoch) | static (one seeded draw) | threshold | none
     eval_seed: int = 1234          # seed of the fixed binarization of valid/test used for every evaluation
+    valid_size: int | None = None  # N: train + valid in their original order, the last N images as valid (IWAE: 400)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class ModelConfig:
     activation: str = "relu"
     decoder_bias: str = "zero"     # zero | data_mean (output bias = logit of the mean training image)
     demean_input: bool = False     # encoder sees x - mean training image (the DisARM reference's --demean_input)
+    decoder_input: str = "code"    # code (z as drawn) | centered (2z - 1 for binary codes, the DisARM reference's)
+    init: str = "torch"            # torch (PyTorch's default) | glorot_uniform (Keras', the IWAE code's; zero biases)
     latent_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {prior_probs: 0.5, learn_prior: true}
 
 
@@ -128,7 +131,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             raise VaelabError(f"--set {item!r} is not key=value: write e.g. --set train.lr=1e-3")
         key, raw = item.split("=", 1)
         try:
-            set_dotted(values, key.strip(), yaml.safe_load(raw), f"--set {key}")
+            set_dotted(values, key.strip(), yaml_io.safe_load(raw), f"--set {key}")
         except yaml.YAMLError as err:
             raise VaelabError(f"--set {key}={raw!r}: the value is not valid YAML ({_yaml_problem(err)}): "
                               "quote it or fix it, e.g. --set train.lr=1e-3 or --set model.hidden=[512,256]") from err
@@ -143,14 +146,9 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 
 def parse_yaml_mapping(text: str, what: str, fix: str) -> dict[str, Any]:
-    """Parse `text` with yaml.safe_load (no tags that build Python objects) and require a mapping at the root."""
-    try:
-        values = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as err:
-        raise VaelabError(f"{what} uses a YAML tag vaelab does not load ({_yaml_problem(err)}; "
-                          f"only plain values are read, never !!python tags): {fix}") from err
-    except yaml.YAMLError as err:
-        raise VaelabError(f"{what} is not valid YAML ({_yaml_problem(err)}): {fix}") from err
+    """Parse `text` with yaml_io (no tags that build Python objects; bounded, no duplicate keys) and require a
+    mapping at the root."""
+    values = yaml_io.load(text, what, fix)
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from .errors import check_number
+from .errors import VaelabError, check_number
 from .model import VAE
 from .registry import Registry
 
@@ -50,6 +52,36 @@ class MultiSample(Estimator):
         check_number("estimator.kwargs.num_samples", num_samples, self.min_samples, integer=True,
                      fix=f"{name} needs at least {self.min_samples} per image")
         self.num_samples = num_samples
+
+
+SIGNALS = ("rec", "elbo")
+
+
+def check_signal(signal: str) -> str:
+    """`estimator.kwargs.signal`: "rec" (log p(x|z), the KL analytic; vaelab's default) or "elbo" (the full
+    one-sample ELBO, the learning signal of the DisARM reference code, google-research disarm/binary)."""
+    if signal not in SIGNALS:
+        raise VaelabError(f"estimator.kwargs.signal = {signal!r}: choose rec (log p(x|z) with the KL analytic) or "
+                          "elbo (log p(x|z) + log p(z) - log q(z|x), the DisARM reference's)")
+    return signal
+
+
+def elbo_signal(model: VAE, q: Distribution, z: Tensor, x: Tensor, kl_weight: float | Tensor) -> Tensor:
+    """log p(x|z) + beta (log p(z) - log q(z|x)) at the drawn z [*S, B, D], detached: [*S, B]."""
+    with torch.no_grad():
+        return model.likelihood(z).log_prob(x) + kl_weight * (model.prior().log_prob(z) - q.log_prob(z))
+
+
+def fresh_sample_elbo(model: VAE, q: Distribution, x: Tensor,
+                      kl_weight: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The DisARM reference's generative-model loss: the one-sample -ELBO at a fresh z ~ q(z|x), differentiated
+    only into the decoder and the prior (z is a draw, log q is held fixed). Returns (loss [B], of value
+    -(rec - beta KL), rec [B], the KL at z [B]); rec - KL is that one-sample ELBO, the reference's training ELBO."""
+    z = q.sample()                                                            # [B, D]
+    rec = model.likelihood(z).log_prob(x)                                     # [B]
+    log_p = model.prior().log_prob(z)                                         # [B]
+    log_q = q.log_prob(z).detach()                                            # [B]
+    return kl_weight * (log_q - log_p) - rec, rec, log_q - log_p.detach()
 
 
 def estimate(loss: Tensor, rec: Tensor, kl: Tensor, **stats: Tensor) -> Estimate:

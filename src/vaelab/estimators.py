@@ -3,7 +3,7 @@
 Each estimator is one registered `nn.Module` class (baselines and control networks are its buffers and
 submodules, so they are checkpointed). `needs` says what the latent family must offer; `build_estimator`
 refuses a mismatch before training starts. Importing this module registers all of them: the pathwise ones
-(reparam, ae, iwae) and those on a Bernoulli posterior's logits (gumbel, st, disarm, relax) are here, the
+(reparam, ae, iwae) and those on a Bernoulli posterior's logits (gumbel, st, disarm, arm, relax) are here, the
 score-function family (sfe, sfe-avg, nvil, rloo, vimco) in score_function.py, the base classes in
 estimator_base.py.
 """
@@ -18,7 +18,16 @@ from torch.distributions import Bernoulli, Distribution, RelaxedBernoulli
 
 from . import score_function  # noqa: F401  (registers sfe, sfe-avg, nvil, rloo, vimco)
 from .errors import VaelabError, check_number
-from .estimator_base import ESTIMATORS, Estimate, Estimator, MultiSample, estimate
+from .estimator_base import (
+    ESTIMATORS,
+    Estimate,
+    Estimator,
+    MultiSample,
+    check_signal,
+    elbo_signal,
+    estimate,
+    fresh_sample_elbo,
+)
 from .model import VAE
 from .nets import ACTIVATIONS
 
@@ -162,30 +171,73 @@ class StraightThrough(BinaryConcrete):
         return estimate((kl_weight * kl - rec).mean(), rec, kl)
 
 
-@ESTIMATORS.register("disarm")
-class DisARM(Estimator):
-    """DisARM for factorised Bernoulli latents (Dong, Mnih & Tucker 2020, the g_DisARM estimator).
+class AntitheticPair(Estimator):
+    """Base of the estimators that draw one u ~ U(0,1)^D, decode two codes b, b~ built from it and turn f(b), f(b~)
+    into a gradient g w.r.t. the posterior logits, fed to the encoder through (l * g.detach()).sum(-1).
 
-    From one u ~ U(0,1)^D the antithetic pair b = 1[u < sigma(l)], b~ = 1[1 - u < sigma(l)]; with f = log p(x|.)
-    the gradient w.r.t. the logits is g = 1/2 (f(b) - f(b~)) (-1)^b~ 1[b != b~] sigma(|l|), fed to the encoder
-    through the surrogate (l * g.detach()).sum(-1). The decoder is trained on the mean of f(b) and f(b~).
-    """
+    `signal="rec"` (default): f = log p(x|.), the KL analytic, the decoder trained on the mean of f(b) and f(b~).
+    `signal="elbo"`: f = log p(x|.) + log p(.) - log q(.|x), and the decoder and prior are trained on the one-sample
+    ELBO of a separate fresh draw, as in the DisARM reference code (google-research disarm/binary networks.py)."""
 
     needs = frozenset({"discrete", "factorised", "kl"})
+
+    def __init__(self, signal: str = "rec") -> None:
+        super().__init__()
+        self.signal = check_signal(signal)
+
+    def pair(self, u: Tensor, probs: Tensor) -> Tensor:
+        """The two codes from u [B, D]: [2, B, D]."""
+        raise NotImplementedError
+
+    def logit_gradient(self, f: Tensor, b: Tensor, u: Tensor, logits: Tensor) -> Tensor:
+        """g [B, D] from f [2, B] (detached), the pair b [2, B, D], u and the logits [B, D] (detached)."""
+        raise NotImplementedError
 
     def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         q = model.posterior(x)
         logits = bernoulli_logits(q)                            # [B, D]
         probs = torch.sigmoid(logits.detach())
         u = torch.rand_like(probs)
-        b = torch.stack([u < probs, 1.0 - u < probs]).to(probs.dtype)  # [2, B, D] the antithetic pair
-        f = model.likelihood(b).log_prob(x)                     # [2, B]
-        g = 0.5 * (f[0] - f[1]).detach()[:, None] * (1.0 - 2.0 * b[1]) * (b[0] != b[1]) * torch.sigmoid(
-            logits.detach().abs())                              # [B, D] d E_q[f] / d logits
-        rec = f.mean(0)                                         # [B]
-        kl = model.kl(q)
-        loss = kl_weight * kl - rec - ((logits - logits.detach()) * g).sum(-1)
+        b = self.pair(u, probs)                                 # [2, B, D]
+        f = model.likelihood(b).log_prob(x) if self.signal == "rec" else elbo_signal(model, q, b, x, kl_weight)
+        g = self.logit_gradient(f.detach(), b, u, logits.detach())  # [B, D] d E_q[f] / d logits
+        if self.signal == "rec":
+            rec = f.mean(0)                                     # [B]
+            kl = model.kl(q)
+            loss = kl_weight * kl - rec - ((logits - logits.detach()) * g).sum(-1)
+        else:
+            generative, rec, kl = fresh_sample_elbo(model, q, x, kl_weight)   # [B] each
+            loss = generative - ((logits - logits.detach()) * g).sum(-1)
         return estimate(loss.mean(), rec, kl)
+
+
+@ESTIMATORS.register("disarm")
+class DisARM(AntitheticPair):
+    """DisARM for factorised Bernoulli latents (Dong, Mnih & Tucker 2020, the g_DisARM estimator).
+
+    From one u ~ U(0,1)^D the antithetic pair b = 1[u < sigma(l)], b~ = 1[1 - u < sigma(l)]; the gradient w.r.t.
+    the logits is g = 1/2 (f(b) - f(b~)) (-1)^b~ 1[b != b~] sigma(|l|). See AntitheticPair for f and `signal`.
+    """
+
+    def pair(self, u: Tensor, probs: Tensor) -> Tensor:
+        return torch.stack([u < probs, 1.0 - u < probs]).to(probs.dtype)      # [2, B, D] the antithetic pair
+
+    def logit_gradient(self, f: Tensor, b: Tensor, u: Tensor, logits: Tensor) -> Tensor:
+        return 0.5 * (f[0] - f[1])[:, None] * (1.0 - 2.0 * b[1]) * (b[0] != b[1]) * torch.sigmoid(logits.abs())
+
+
+@ESTIMATORS.register("arm")
+class ARM(AntitheticPair):
+    """ARM, augment-REINFORCE-merge (Yin & Zhou 2019), in the form of the DisARM reference code's `arm`: from one
+    u ~ U(0,1)^D the codes b1 = 1[u > 1 - sigma(l)] and b2 = 1[u < sigma(l)], and the logit gradient
+    g = (f(b1) - f(b2)) (u - 1/2). Unbiased; DisARM is its Rao-Blackwellisation over u given (b1, b2). See
+    AntitheticPair for f and `signal`."""
+
+    def pair(self, u: Tensor, probs: Tensor) -> Tensor:
+        return torch.stack([u > 1.0 - probs, u < probs]).to(probs.dtype)      # [2, B, D]
+
+    def logit_gradient(self, f: Tensor, b: Tensor, u: Tensor, logits: Tensor) -> Tensor:
+        return (f[0] - f[1])[:, None] * (u - 0.5)
 
 
 @ESTIMATORS.register("relax")

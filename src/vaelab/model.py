@@ -84,6 +84,24 @@ class Demean(nn.Module):
         return x - self.mean
 
 
+class Centered(nn.Module):
+    """2z - 1: binary codes as -1/+1 before the decoder (`model.decoder_input: centered`, the DisARM reference code's
+    decoder input under --demean_input)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        return 2.0 * z - 1.0
+
+
+def glorot_uniform_(module: nn.Module) -> None:
+    """Glorot & Bengio 2010 uniform weights and zero biases for every linear and conv layer (`model.init:
+    glorot_uniform`: Keras' Dense default, as in the DisARM code, and the IWAE code's nnet.Linear.random)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class ModelSpec(Protocol):
     """What `build_model` reads: the fields of config.ModelConfig (config.py validates against the registries, so
     it sits above this module and is not imported here)."""
@@ -95,17 +113,23 @@ class ModelSpec(Protocol):
     activation: str
     decoder_bias: str
     demean_input: bool
+    decoder_input: str
+    init: str
     latent_kwargs: dict[str, Any]
 
 
 def build_model(cfg: ModelSpec, data_dim: int, image_shape: tuple[int, int],
                 train_mean: Tensor | None = None) -> VAE:
-    """Assemble networks and latent family from the config; optionally set the output bias to logit(mean image)
-    (clipped to [0.001, 0.999], as the DisARM reference code) and subtract the mean image from the encoder's input."""
+    """Assemble networks and latent family from the config; optionally re-initialise them (Glorot uniform), set the
+    output bias to logit(mean image) (clipped to [0.001, 0.999], as the DisARM and IWAE reference codes), subtract
+    the mean image from the encoder's input and feed the decoder 2z - 1."""
     latent_cls = LATENTS.get(cfg.latent)
     latent = latent_cls(cfg.latent_dim, **cfg.latent_kwargs)
     encoder, decoder = NETS.get(cfg.nets)(data_dim, tuple(image_shape), latent_cls.params_per_dim * cfg.latent_dim,
                                           cfg.latent_dim, list(cfg.hidden), cfg.activation)
+    if getattr(cfg, "init", "torch") == "glorot_uniform":
+        glorot_uniform_(encoder)
+        glorot_uniform_(decoder)
     if cfg.decoder_bias == "data_mean" and train_mean is not None:
         last = [m for m in decoder.modules() if getattr(m, "bias", None) is not None][-1]
         with torch.no_grad():
@@ -114,4 +138,6 @@ def build_model(cfg: ModelSpec, data_dim: int, image_shape: tuple[int, int],
         if train_mean is None:
             raise VaelabError("model.demean_input needs the training images' mean")
         encoder = nn.Sequential(Demean(train_mean.reshape(-1)), encoder)
+    if getattr(cfg, "decoder_input", "code") == "centered":
+        decoder = nn.Sequential(Centered(), decoder)
     return VAE(encoder, decoder, latent, image_shape)

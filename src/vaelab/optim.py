@@ -23,12 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .burda_adam import BurdaAdam
 from .errors import VaelabError, check_number
 
 GROUPS = {"prior": "model.latent.prior_logits", "encoder": "model.encoder.", "decoder": "model.decoder.",
           "latent": "model.latent.", "control": "estimator."}
-OPTIMIZERS = ("adam", "sgd")
-GROUP_KEYS = {"adam": ("optimizer", "lr", "betas", "eps"), "sgd": ("optimizer", "lr", "momentum")}
+OPTIMIZERS = ("adam", "sgd", "burda_adam")   # burda_adam: the IWAE code's Adam (burda_adam.py)
+GROUP_KEYS = {"adam": ("optimizer", "lr", "betas", "eps"), "sgd": ("optimizer", "lr", "momentum"),
+              "burda_adam": ("optimizer", "lr", "betas", "eps")}
 
 
 def adam(params: list[nn.Parameter] | list[dict[str, Any]], lr: float, device: torch.device,
@@ -50,7 +52,7 @@ def check_param_groups(groups: dict[str, Any]) -> None:
             raise VaelabError(f"train.param_groups.{name} must be a mapping such as {{optimizer: sgd, lr: 0.01}}")
         kind = spec.get("optimizer", "adam")
         if kind not in OPTIMIZERS:
-            raise VaelabError(f"train.param_groups.{name}.optimizer={kind!r}: choose adam or sgd")
+            raise VaelabError(f"train.param_groups.{name}.optimizer={kind!r}: choose {', '.join(OPTIMIZERS)}")
         unknown = set(spec) - set(GROUP_KEYS[kind])
         if unknown:
             raise VaelabError(f"train.param_groups.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
@@ -127,17 +129,22 @@ def build_optimizers(named: dict[str, nn.Parameter], lr: float, eps: float, grou
     optimizer and settings otherwise (an Adam group inherits `lr` and `eps` unless it sets them)."""
     rest, chosen = split_parameters(named, groups)
     adam_groups = [{"params": rest}] if rest else []
-    sgd_groups = []
+    sgd_groups, burda_groups = [], []
     for g, params in chosen.items():
         spec = dict(groups[g])
         kind = spec.pop("optimizer", "adam")
         if kind == "sgd":
             sgd_groups.append({"params": params, "lr": float(spec.get("lr", lr)),
                                "momentum": float(spec.get("momentum", 0.0))})
+        elif kind == "burda_adam":
+            burda_groups.append({"params": params, "lr": float(spec.get("lr", lr)), "eps": float(spec.get("eps", 1e-4)),
+                                 "betas": tuple(float(b) for b in spec.get("betas", (0.99, 0.999)))})
         else:
             adam_groups.append({"params": params, "lr": float(spec.get("lr", lr)), "eps": float(spec.get("eps", eps)),
                                 "betas": tuple(float(b) for b in spec.get("betas", (0.9, 0.999)))})
     optimizers: list[torch.optim.Optimizer] = [adam(adam_groups, lr, device, capturable, eps)] if adam_groups else []
     if sgd_groups:
         optimizers.append(torch.optim.SGD(sgd_groups, lr=lr))
+    if burda_groups:
+        optimizers.append(BurdaAdam(burda_groups, lr=lr))
     return Optimizers(optimizers)

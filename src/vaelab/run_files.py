@@ -7,25 +7,29 @@ checkpoint in place of a good one. Weights are safetensors; the rest loads with 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import pickle
 import shutil
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import faults
 from .atomic import atomic_write_text, fsync_write
+from .binarize import binarize, fixed_draw
 from .config import Config, DataConfig, config_from_yaml_text
-from .data import Splits, binarize, fixed_draw
+from .data import Splits
 from .errors import VaelabError
 from .estimators import Estimator, build_estimator
 from .hardware import resolve_device
@@ -59,11 +63,24 @@ class DeviceData:
         return fixed_draw(self.x_train, "dynamic", seed) if self.binarize == "dynamic" else self.x_train
 
 
+def resplit_valid(splits: Splits, n_valid: int) -> Splits:
+    """Train and valid joined in their original order (for MNIST, the 60,000 training images of the IDX file), the
+    last `n_valid` of them as valid: `data.valid_size`, e.g. 400 as in yburda/iwae datasets.py (59,600 / 400)."""
+    x = np.concatenate([splits.x_train, splits.x_valid])                     # [Ntr + Nv, P]
+    y = np.concatenate([splits.y_train, splits.y_valid])
+    if not 0 < n_valid < len(x):
+        raise VaelabError(f"data.valid_size = {n_valid} leaves no training images of the {len(x)}: "
+                          f"give fewer than {len(x)}")
+    return dataclasses.replace(splits, x_train=x[:-n_valid], y_train=y[:-n_valid], x_valid=x[-n_valid:],
+                               y_valid=y[-n_valid:])
+
+
 def prepare_data(cfg: DataConfig, device: torch.device, splits: Splits | None = None) -> DeviceData:
     """Load the splits and put them on `device`. Valid/test are `data.fixed_draw`s from one stream seeded by
     `cfg.eval_seed` (or thresholded), the same tensors whatever `cfg.binarize` says about the training images, so
     every run is scored on the same test draw; a static training draw has its own seed, `cfg.eval_seed + 1`."""
     splits = splits or load_dataset(cfg.source)
+    splits = resplit_valid(splits, cfg.valid_size) if cfg.valid_size is not None else splits
     eval_stream = torch.Generator().manual_seed(cfg.eval_seed)              # valid first, then test
     x_valid, x_test = (fixed_draw(torch.from_numpy(a).float(), cfg.binarize, eval_stream).to(device)
                        for a in (splits.x_valid, splits.x_test))
@@ -88,13 +105,55 @@ def build(cfg: Config, data: DeviceData, device: torch.device) -> tuple[VAE, Est
                           "lower model.hidden or model.latent_dim") from err
 
 
+def _float_tensors(value: Any, name: str) -> Iterator[tuple[str, Tensor]]:
+    """The floating-point tensors in a nest of dicts, lists and tuples, each with its dotted name."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() and value.numel():
+            yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _float_tensors(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _float_tensors(item, f"{name}[{i}]")
+
+
+def first_nonfinite(value: Any) -> str | None:
+    """The name of the first floating tensor in `value` (a tensor or a nest of dicts and lists) holding NaN or an
+    infinity; None when all are finite. One host sync per device, whatever the number of tensors."""
+    named = list(_float_tensors(value, ""))
+    bad: list[int] = []
+    for device in {t.device for _, t in named}:
+        index = [i for i, (_, t) in enumerate(named) if t.device == device]
+        finite = torch.stack([torch.isfinite(named[i][1]).all() for i in index])      # [T] bool
+        bad += [index[int(j)] for j in (~finite).nonzero().flatten().tolist()]
+    return named[min(bad)][0] if bad else None
+
+
+def nonfinite_training_state(model: nn.Module, estimator: nn.Module, optim: Any) -> str | None:
+    """The first of the weights, buffers and optimizer moments (`optim`: a torch optimizer or optim.Optimizers)
+    that holds NaN or an infinity, named ("model.decoder.0.weight", "exp_avg_sq of model.decoder.0.weight"), or
+    None: a training step that left one is a divergence even when its loss was finite."""
+    names = {id(p): f"{prefix}.{k}" for prefix, module in (("model", model), ("estimator", estimator))
+             for k, p in module.named_parameters()}
+    moments = {f"{key} of {names.get(id(p), 'a parameter')}": v for o in getattr(optim, "optimizers", [optim])
+               for p, entry in o.state.items() for key, v in entry.items()}
+    return first_nonfinite({"model": model.state_dict(), "estimator": estimator.state_dict(), **moments})
+
+
 def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator, state: dict[str, Any]) -> None:
     """Write weights (safetensors, config in metadata) and training state to checkpoint.tmp/, then swap them in by
     renames. A failed write (disk full, a file-size limit, permissions) removes checkpoint.tmp/ and leaves the
-    previous checkpoint as it was."""
+    previous checkpoint as it was; so does a weight or optimizer moment holding NaN or an infinity (a divergence:
+    a non-finite checkpoint is never written)."""
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"estimator.{k}": v.detach().contiguous() for k, v in estimator.state_dict().items()}
+    bad = first_nonfinite(tensors) or first_nonfinite({"optimizer state": state.get("optim")})
+    if bad is not None:
+        kept = "the last finite checkpoint is kept" if _has_checkpoint(run_dir) else "no checkpoint was written"
+        raise VaelabError(f"training diverged: NaN or infinite values in {bad} ({kept}): lower train.lr or set "
+                          "train.grad_clip")
     weights = safetensors.torch.save(tensors, metadata={"format": FORMAT, "config": cfg.to_yaml(),
                                                         "epoch": str(state.get("epoch", 0))})
     buffer = io.BytesIO()

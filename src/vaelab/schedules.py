@@ -14,6 +14,10 @@ continues on the same schedule):
   {}                                   constant train.lr
   {kind: exponential, gamma: 0.99}     train.lr * gamma^epoch
   {kind: iwae}                         Burda et al. 2016, section 5: 3^i epochs at train.lr * 10^(-i/7), i = 0..7
+  {kind: iwae, rounded: true}          the same with 10^(1-i/7) rounded to one decimal, as the authors' code
+                                       (yburda/iwae experiments.py: lr = 1e-4 * round(10^(1-i/7), 1))
+  {kind: multistep, milestones: [200, 350], gamma: 0.630957}   train.lr * gamma^(milestones passed)
+                                       (torch.optim.lr_scheduler.MultiStepLR stepped once an epoch)
                                        (3,280 epochs), then the last rate
 """
 
@@ -101,21 +105,40 @@ def _lr_exponential(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedu
 
 def _lr_iwae(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
     """Burda, Grosse & Salakhutdinov 2016, section 5: stage i (i = 0..7) lasts 3^i epochs at 10^(-i/7) times the
-    base rate; 3,280 epochs in all, after which the last rate stays."""
+    base rate; 3,280 epochs in all, after which the last rate stays. `rounded: true` takes the authors' rates,
+    round(10^(1-i/7), 1) / 10 (1, 0.72, 0.52, 0.37, 0.27, 0.19, 0.14, 0.1)."""
+    rounded = spec.get("rounded", False)
+    if not isinstance(rounded, bool):
+        raise VaelabError(f"train.lr_schedule.rounded = {rounded!r}: give true or false")
+
     def factor(epoch: int) -> float:
         stage, end = 0, 1                                   # stage 0 is epoch 0 alone
         while epoch >= end and stage < 7:
             stage += 1
             end += 3**stage
-        return 10 ** (-stage / 7)
+        return round(10 ** (1 - stage / 7), 1) / 10 if rounded else 10 ** (-stage / 7)
 
     return factor
+
+
+def _lr_multistep(spec: dict[str, Any], steps_per_epoch: int | None) -> Schedule:
+    """gamma^(number of milestones <= epoch): torch's MultiStepLR stepped once an epoch (Pythae's reproduction of
+    the 784-400-40 VAE: milestones [200, 350], gamma 10^(-1/5))."""
+    gamma, milestones = spec.get("gamma"), spec.get("milestones")
+    check_number("train.lr_schedule.gamma", gamma, 0, 1, open_lo=True, fix="e.g. gamma: 0.630957 (10^(-1/5))")
+    if (not isinstance(milestones, list) or not milestones
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones)
+            or milestones != sorted(set(milestones))):
+        raise VaelabError(f"train.lr_schedule.milestones = {milestones!r}: give increasing epochs >= 1, "
+                          "e.g. [200, 350]")
+    return lambda epoch: float(gamma) ** sum(epoch >= m for m in milestones)
 
 
 LR_KINDS: dict[str, tuple[Callable[[dict[str, Any], int | None], Schedule], frozenset[str]]] = {
     "constant": (lambda spec, steps: lambda epoch: 1.0, frozenset()),
     "exponential": (_lr_exponential, frozenset({"gamma"})),
-    "iwae": (_lr_iwae, frozenset()),
+    "iwae": (_lr_iwae, frozenset({"rounded"})),
+    "multistep": (_lr_multistep, frozenset({"milestones", "gamma"})),
 }
 
 

@@ -15,7 +15,16 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .errors import VaelabError, check_number
-from .estimator_base import ESTIMATORS, Estimate, Estimator, MultiSample, estimate
+from .estimator_base import (
+    ESTIMATORS,
+    Estimate,
+    Estimator,
+    MultiSample,
+    check_signal,
+    elbo_signal,
+    estimate,
+    fresh_sample_elbo,
+)
 from .model import VAE
 
 
@@ -143,14 +152,29 @@ class RLOO(MultiSample):
 
     needs = frozenset({"kl_at"})
 
+    def __init__(self, num_samples: int = 4, signal: str = "rec") -> None:
+        super().__init__(num_samples)
+        self.signal = check_signal(signal)
+
     def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         k = self.num_samples
         q = model.posterior(x)
         z = q.sample((k,))                                      # [K, B, D]
+        if self.signal == "elbo":                               # the DisARM reference's reinforce_loo
+            return self._elbo_signal(model, q, z, x, kl_weight)
         rec, kl, signal = reinforce_terms(model, q, z, x, kl_weight)  # [K, B], [B] or [K, B], [K, B]
         loo = (signal.sum(0, keepdim=True) - signal) / (k - 1)  # [K, B] mean of the other K-1
         loss = (kl_weight * kl - rec - score_term(q.log_prob(z), signal - loo)).mean(0)
         return estimate(loss.mean(), rec.mean(0), model.latent.mean_kl(kl))
+
+    def _elbo_signal(self, model: VAE, q: Distribution, z: Tensor, x: Tensor, kl_weight: float | Tensor) -> Estimate:
+        """signal="elbo": each sample's full one-sample ELBO, baselined by the others', as the encoder's learning
+        signal; the decoder and prior trained on a fresh draw's one-sample ELBO (estimator_base.fresh_sample_elbo)."""
+        signal = elbo_signal(model, q, z, x, kl_weight)        # [K, B]
+        loo = (signal.sum(0, keepdim=True) - signal) / (self.num_samples - 1)   # [K, B]
+        generative, rec, kl = fresh_sample_elbo(model, q, x, kl_weight)          # [B] each
+        loss = generative - score_term(q.log_prob(z), signal - loo).mean(0)
+        return estimate(loss.mean(), rec, kl)
 
 
 @ESTIMATORS.register("vimco")
