@@ -67,6 +67,11 @@ from hostile_helpers import (
 
 from vaelab.cli import main
 
+LAUGHS = [b"a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+    b"%c: &%c [%s]" % (c, c, b", ".join([b"*%c" % p] * 9)) for p, c in zip(b"abcdefgh", b"bcdefghi", strict=True)]
+BOMB = b"literature:\n" + b"".join(b"  " + line + b"\n" for line in LAUGHS)     # 9^9 values once expanded
+BOMB_FLOW = b"[" + b", ".join(line.split(b": ", 1)[1] for line in LAUGHS) + b"]"
+
 # --------------------------------------------------------------------------------------------------- the table
 
 CONFIG_CASES = [
@@ -133,6 +138,16 @@ CONFIG_CASES = [
          "never !!python tags"),
     Case("config-broken-yaml", config_file(b"model: [unclosed\n"), "is not valid YAML"),
     Case("config-unknown-key", config_file(b"trian: {epochs: 1}\n"), "did you mean train"),
+    Case("config-alias-bomb", config_file(BOMB), "once its aliases (*name) are expanded: an alias bomb?"),
+    Case("config-alias-bomb-in-description", config_file(b"description: " + BOMB_FLOW), "an alias bomb?"),
+    Case("config-recursive-alias", config_file(b"literature: &a {x: *a}\n"), "a recursive structure"),
+    Case("config-duplicate-key", config_file(b"train: {epochs: 1, epochs: 2}\n"), "the key 'epochs' appears twice"),
+    Case("config-duplicate-section", config_file(b"train: {epochs: 1}\ntrain: {lr: 1}\n"),
+         "the key 'train' appears twice in one mapping (keep one) at line 2"),
+    Case("config-deep-list", config_file(b"description: " + b"[" * 20000 + b"]" * 20000), "nested more than 64"),
+    Case("set-alias-bomb", setting("description=" + BOMB_FLOW.decode()), "an alias bomb?"),
+    Case("set-duplicate-key", setting("train.kl_weight={kind: linear, kind: cyclic}"), "the key 'kind' appears twice"),
+    Case("set-warmup-exponent", setting("train.kl_weight={kind: linear, warmup_steps: 5e2}"), "YAML reads 5e2 as text"),
 ]
 
 DATA_CASES = [

@@ -23,11 +23,12 @@ from typing import Any
 
 import yaml
 
+from . import yaml_io
 from .atomic import atomic_write_text
 from .compare_html import CURVES, GRAD_CURVE, epoch_band, render_html, step_band
 from .config import Config
 from .errors import VaelabError
-from .metrics_log import GRAD_STATS
+from .metrics_log import GRAD_STATS, read_jsonl
 from .stats import SE_LABEL, combined_mc_se, mean_se, paired_difference
 
 METRICS = [("elbo", "test ELBO"), ("iw_loglik", "IW log-lik."), ("kl", "KL"), ("rec", "rec.")]
@@ -42,6 +43,7 @@ SECTIONS = ("data", "model", "estimator", "train", "eval")          # flattened 
 PROVENANCE = {"config_name": "name", "latent": "model.latent", "estimator": "estimator.name", "seed": "train.seed",
               "data": "data.source", "binarize": "data.binarize", "eval_seed": "data.eval_seed",
               "nets": "model.nets", "latent_dim": "model.latent_dim"}
+EVAL_NUMBERS = ("iw_loglik_mc_stderr", "train_seconds", "epochs_trained", "steps_trained")
 SKIP_DIRS = {"tb", "fig", "checkpoint", "checkpoint.old", "checkpoint.tmp", "logs", "configs"}
 
 
@@ -112,9 +114,7 @@ def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path, f"delete it, or leave {path.parent} out of the paths compared")
 
 
 def _read_eval(path: Path) -> dict[str, Any]:
@@ -123,13 +123,20 @@ def _read_eval(path: Path) -> dict[str, Any]:
         ev = json.loads((path / "eval.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
+    bad = [k for k in (*dict(METRICS), *EVAL_NUMBERS) if isinstance(ev, dict) and (
+        isinstance(ev.get(k), bool) or not isinstance(ev.get(k), int | float | None))]
+    if bad:
+        raise VaelabError(f"{path}/eval.json has {bad[0]} = {ev[bad[0]]!r}, not a number: rerun `vaelab evaluate "
+                          f"{path}` to rewrite it")
     return ev if isinstance(ev, dict) else {}
 
 
 def load_run(path: Path) -> Run:
     """Read one run directory; eval.json's provenance fields win over config.yaml where both say something."""
     ev = _read_eval(path)
-    raw = with_defaults(yaml.safe_load((path / "config.yaml").read_text())) if (path / "config.yaml").is_file() else {}
+    config = path / "config.yaml"                    # read through the one bounded YAML reader: one line if damaged
+    raw = with_defaults(yaml_io.read_mapping(config, "fix it, or delete it to compare the run without it")) \
+        if config.is_file() else {}
     for field_name, key in PROVENANCE.items():       # provenance fills (or corrects) what config.yaml says
         if field_name in ev:
             section, _, leaf = key.rpartition(".")

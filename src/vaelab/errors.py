@@ -41,8 +41,19 @@ def check_number(where: str, value: Any, lo: float | None = None, hi: float | No
             and (lo is None or (value > lo if open_lo else value >= lo)) \
             and (hi is None or (value < hi if open_hi else value <= hi)):
         return
-    raise VaelabError(f"{where} = {value!r} must be {_span(lo, hi, integer, open_lo, open_hi)}: "
+    raise VaelabError(f"{where} = {value!r} must be {_span(lo, hi, integer, open_lo, open_hi)}{_as_text(value)}: "
                       f"{fix or 'fix the value'}")
+
+
+def _as_text(value: Any) -> str:
+    """Why a number arrived as a string: YAML 1.1 reads 5e2 (no dot) as text; say how to write it."""
+    try:
+        number = float(value) if isinstance(value, str) else None
+    except ValueError:
+        return ""
+    if number is None or not math.isfinite(number):
+        return ""
+    return f" (YAML reads {value} as text: write {number:.1e} or {number:g})"
 
 
 def _span(lo: float | None, hi: float | None, integer: bool, open_lo: bool, open_hi: bool) -> str:

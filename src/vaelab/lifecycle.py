@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from . import distributed, faults
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, link_error
 from .checks import check_writable_dir
 from .config import Config, load_config, validate
 from .errors import VaelabError
@@ -123,9 +123,13 @@ class RunLock:
         self.run_dir, self.path, self.fd = run_dir, run_dir / LOCK_FILE, None
 
     def _open(self) -> int:
+        """Open (or create) the lock file, never through a symbolic link: a link planted as RUN/train.lock would
+        otherwise have the pid line written over whatever file it points to."""
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as err:
+            if self.path.is_symlink():          # ELOOP from O_NOFOLLOW
+                raise link_error(self.path) from err
             raise VaelabError(f"cannot write to {self.run_dir} ({err.strerror}): make it writable or choose "
                               "another --out") from err
 
@@ -141,7 +145,7 @@ class RunLock:
                                   "for it to finish or stop it (a lock left by a process that died is taken over)"
                                   ) from err
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
             except FileNotFoundError:
                 same = False
             if same:

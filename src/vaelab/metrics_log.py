@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, open_append
+from .errors import VaelabError
 
 GRAD_STATS = "grad_stats.jsonl"
 BATCH_TAGS = ("batch/loss", "batch/elbo", "batch/rec", "batch/kl")
@@ -28,6 +29,29 @@ def steps_done(history: list[dict[str, Any]], partial: dict[str, Any] | None = N
     """Optimisation steps of the epochs in `history` (each row says how many it took), plus those of the epoch a
     signal stopped (a checkpoint's `partial` record), if any."""
     return sum(row.get("steps", 0) for row in history) + (partial or {}).get("step", 0)
+
+
+def read_jsonl(path: Path, fix: str) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines log (metrics.jsonl, grad_stats.jsonl; none: []). A last line without its newline
+    is a row a crash tore while it was appended: dropped. Any other damage (not UTF-8, a line that is not a JSON
+    object) is one VaelabError naming the file, the line and `fix`."""
+    try:
+        text = path.read_bytes().decode("utf-8") if path.is_file() else ""
+    except (OSError, UnicodeDecodeError) as err:
+        raise VaelabError(f"cannot read {path} ({getattr(err, 'strerror', None) or err.__class__.__name__}): "
+                          f"{fix}") from err
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines[:-1], 1):            # lines[-1]: "" or the torn, unfinished last row
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise VaelabError(f"{path} line {number} is not a JSON object of values ({line[:40]!r}): {fix}")
+        if row:
+            rows.append(row)
+    return rows
 
 
 def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -92,9 +116,9 @@ class MetricsSink:
         done = steps_done(history) if done_steps is None else done_steps
         self.grad_path = run_dir / GRAD_STATS if grad_stats else None
         if self.grad_path is not None:
-            rows = [json.loads(line) for line in self.grad_path.read_text().splitlines()] \
-                if self.grad_path.is_file() else []
-            atomic_write_text(self.grad_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= done))
+            rows = read_jsonl(self.grad_path, "delete it (its rows are in TensorBoard's grad/*) and resume")
+            atomic_write_text(self.grad_path, "".join(json.dumps(r) + "\n" for r in rows
+                                                      if isinstance(r.get("step"), int) and r["step"] <= done))
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=done + 1)
@@ -125,7 +149,7 @@ class MetricsSink:
         """A gradient measurement after `step`: a line of grad_stats.jsonl, grad/* in TensorBoard."""
         if self.grad_path is None:
             return
-        with open(self.grad_path, "a") as f:
+        with open_append(self.grad_path) as f:        # one write of a whole line; a torn one is dropped on reading
             f.write(json.dumps({"step": step} | stats) + "\n")
         if self.tb is not None:
             self._scalars({f"grad/{key}": stats[key] for key in ("log10_grad_var", "grad_snr")}, step)

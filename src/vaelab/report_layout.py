@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from . import page
 from .latent_map import CSS, JS, META, latent_map_html
 from .report_parts import (
@@ -26,6 +24,7 @@ from .report_parts import (
     md_table,
     metrics_table,
     quality_table,
+    run_config,
 )
 
 TITLE = "vaelab: the study reproduced"
@@ -50,7 +49,7 @@ def quality_note(out: Path, stages) -> str:
     """Why no sample-quality table is shown."""
     from .classifier import SHIPPED_DATA, data_identity
 
-    sources = {yaml.safe_load(p.read_text())["data"]["source"] for s in stages
+    sources = {run_config(p).data.source for s in stages
                if (p := out / s.name / "config.yaml").is_file()}
     if sources and not any(data_identity(str(source)) == SHIPPED_DATA for source in sources):
         return ("Sample quality not scored: vaelab's classifier reads 28x28 MNIST digits, and these models were "

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import page
+from .config import Config, load_config
 
 SHORT = {"gaussian_vae": "Gaussian VAE", "bernoulli_vae": "Bernoulli VAE (sfe-avg)",
          "bernoulli_vae_disarm": "Bernoulli VAE (DisARM)", "ae_gmm": "AE + GMM"}
@@ -62,7 +61,13 @@ def autoencoders(out: Path, names: list[str]) -> list[str]:
     from .latents import is_autoencoder
 
     return [n for n in names if (p := out / n / "config.yaml").is_file()
-            and is_autoencoder(yaml.safe_load(p.read_text())["model"]["latent"])]
+            and is_autoencoder(run_config(p).model.latent)]
+
+
+def run_config(path: Path) -> Config:
+    """A run's config.yaml, read through vaelab's one YAML reader and validated: a damaged one is one line naming
+    it, never a traceback."""
+    return load_config(path)
 
 
 def fmt(metrics: dict[str, Any], key: str) -> str:
@@ -94,9 +99,9 @@ def metrics_table(out: Path, stages) -> tuple[list[list[str]], set[tuple[int, in
     for stage in stages:
         m = stage_eval(out, stage.name)
         if m is not None:
-            cfg = yaml.safe_load((out / stage.name / "config.yaml").read_text())
+            cfg = run_config(out / stage.name / "config.yaml")
             epochs = len(histories(out, [stage.name]).get(stage.name, []))
-            rows.append([stage.title, cfg["estimator"]["name"], str(epochs), *[fmt(m, k) for k, _, _ in COLUMNS]])
+            rows.append([stage.title, cfg.estimator.name, str(epochs), *[fmt(m, k) for k, _, _ in COLUMNS]])
             values.append([None] * 3 + [shown(m, k) for k, _, _ in COLUMNS])
     return rows, page.best_cells(values, {3 + i: d for i, (_, _, d) in enumerate(COLUMNS) if d})
 

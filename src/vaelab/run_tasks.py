@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,9 +73,20 @@ def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = N
     with matmul_precision(False, run.device):
         metrics = _evaluate_run(run, run_dir, iw_samples, exact, progress, ctx)
     if metrics:                                                   # rank 0 (or the only process)
+        _check_finite(metrics, run_dir)
         metrics = describe(run) | metrics | {"decoder_autocast": autocast}
         merge_eval(run_dir, metrics, keep=("quality_",))            # sample scores stay; stale estimates go
     return metrics
+
+
+def _check_finite(metrics: dict[str, Any], run_dir: str | Path) -> None:
+    """Refuse (nothing written) a model whose test bound is NaN or infinite: finite weights so large that they
+    overflow, the mark of a diverged run."""
+    for key in ("elbo", "rec", "kl", "iw_loglik"):
+        value = metrics.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise VaelabError(f"{run_dir}: the model's test {key} is {value} (its weights overflow: the run "
+                              "diverged); nothing written: retrain it with a lower train.lr or a train.grad_clip")
 
 
 def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, exact: bool, progress: bool,

@@ -38,7 +38,7 @@ from .hardware import resolve_device
 from .lifecycle import RunLock, StopSignals, check_run_dir, open_for_writing
 from .metrics_log import MetricsSink
 from .optim import build_optimizers
-from .run_files import build, prepare_data, read_checkpoint, save_checkpoint
+from .run_files import build, first_nonfinite, prepare_data, read_checkpoint, save_checkpoint
 from .schedules import kl_schedule, lr_schedule
 from .train import Objective, TrainState
 
@@ -235,8 +235,22 @@ def _train_epoch(stack: Stack, data, cfg: Config, epoch: int, beta, stop: StopSi
     if not all(math.isfinite(v) for row in sums for v in row):
         raise VaelabError(f"training diverged in epoch {epoch + 1} (losses {[row[0] for row in sums]}): "
                           "lower train.lr or set train.grad_clip")
+    _check_finite(stack, epoch)
     return {"sums": sums, "kl_weight": beta_sum / len(steps), "lr": stack.optim.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0, "steps": len(steps)}
+
+
+def _check_finite(stack: Stack, epoch: int) -> None:
+    """NaN or infinite weights, buffers or optimizer moments of any seed after the epoch's last step are a
+    divergence even when its losses were finite: stop before they are validated or checkpointed."""
+    names = {id(p): k for k, p in stack.params.items()}
+    moments = {f"{key} of {names.get(id(p), 'a parameter')}": value for o in stack.optim.optimizers
+               for p, entry in o.state.items() for key, value in entry.items()}
+    bad = first_nonfinite({**stack.params, **stack.buffers, **moments})
+    if bad is not None:
+        kept = f"each run keeps its checkpoint of epoch {epoch}" if epoch else "no checkpoint was written"
+        raise VaelabError(f"training diverged in epoch {epoch + 1} (NaN or infinite values in {bad} after its last "
+                          f"step; {kept}): lower train.lr or set train.grad_clip")
 
 
 def _end_epoch(stack: Stack, data, epoch: int, out: dict[str, Any], sinks: list[MetricsSink], quiet: bool) -> None:

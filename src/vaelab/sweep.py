@@ -32,8 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import yaml_io
 from .config import Config, from_dict, set_dotted
 from .errors import Stopped, VaelabError
 from .latents import is_autoencoder
@@ -113,10 +112,7 @@ class Spec:
         path = Path(path)
         if not path.is_file():
             raise VaelabError(f"sweep spec {path} not found: give a YAML file (see `vaelab sweep --help`)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise VaelabError(f"sweep spec {path} is not valid YAML ({type(err).__name__}): fix it") from err
+        raw = yaml_io.read_mapping(path, "fix it", f"sweep spec {path}")
         unknown = [k for k in (raw if isinstance(raw, dict) else {"(not a mapping)": 0}) if k not in SPEC_KEYS]
         if unknown:
             raise VaelabError(f"sweep spec {path}: unknown key {unknown[0]!r}: valid keys are {', '.join(SPEC_KEYS)}")
@@ -126,7 +122,7 @@ class Spec:
             raise VaelabError(f"sweep spec {path}: `set:` must map config keys to values, e.g. {{data.source: digits}}")
         self.path, self.raw = path.resolve(), raw
         self.base = resolve_base(raw["base"], path.parent)
-        self.base_values = yaml.safe_load(self.base.read_text()) or {}
+        self.base_values = yaml_io.read_mapping(self.base, "fix it or choose another base", f"base config {self.base}")
         self.fixed: dict[str, Any] = dict(raw.get("set") or {})
         self.settings = _grid_settings(raw.get("grid"), "grid")
         self.seeds = _seeds(raw.get("seeds"), self.config({}, None).train.seed)

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from . import yaml_io
+from .atomic import open_append
 from .errors import VaelabError
 from .sweep_run import Job
 
@@ -31,15 +33,20 @@ class Book:
 
     @contextmanager
     def _locked(self):
-        with self.lock, open(self.path.with_name(".sweep.yaml.lock"), "a") as handle:
+        with self.lock, open_append(self.path.with_name(".sweep.yaml.lock")) as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
     def read(self) -> dict[str, dict]:
-        """The runs' entries as last written (fresh entries for runs new to sweep.yaml)."""
-        old = yaml.safe_load(self.path.read_text()) if self.path.is_file() else {}
-        runs = (old or {}).get("runs") or {}
-        return {n: {**self.fresh[n], **runs.get(n, {}), "settings": self.fresh[n]["settings"]} for n in self.order}
+        """The runs' entries as last written (fresh entries for runs new to sweep.yaml, and for all of them when it
+        is damaged: the next update rewrites it; the run directories hold the truth about each run)."""
+        try:
+            old = yaml_io.read_mapping(self.path, "") if self.path.is_file() else {}
+        except VaelabError:
+            old = {}
+        runs = old.get("runs") if isinstance(old.get("runs"), dict) else {}
+        return {n: {**self.fresh[n], **(runs[n] if isinstance(runs.get(n), dict) else {}),
+                    "settings": self.fresh[n]["settings"]} for n in self.order}
 
     def update(self, changes: dict[str, dict[str, Any]]) -> None:
         """Merge {name: fields} into the runs' entries and rewrite sweep.yaml (spec and all entries)."""
@@ -82,7 +89,7 @@ class Progress:
 @contextmanager
 def sweep_lock(out: Path):
     """One `vaelab sweep` per directory at a time (array tasks with --only take no lock)."""
-    with open(out / ".sweep.lock", "a") as handle:
+    with open_append(out / ".sweep.lock") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:

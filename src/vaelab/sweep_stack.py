@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .atomic import open_append
 from .checks import check_int
 from .config import load_config
 from .errors import VaelabError
@@ -101,7 +102,7 @@ def train_groups(jobs: list[Job], settings: dict[str, dict[str, Any]], out: Path
         cmd = [sys.executable, "-m", "vaelab", "stack", group[0].config_path, "--seeds", ",".join(seeds),
                "--runs", *[j.run_dir for j in group], "--quiet", *(["--resume"] if resume else [])]
         print(f"[sweep] stacking {len(group)} seeds of {group[0].name}", file=sys.stderr, flush=True)
-        with open(log, "a") as f:
+        with open_append(log) as f:                     # never through a planted symlink
             code = CHILDREN.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=group[0].cwd)
         if CHILDREN.signum is not None:
             return                                     # stopped: the runs keep their checkpoints

@@ -34,7 +34,7 @@ from .hardware import resolve_device
 from .lifecycle import RunLock, StopSignals
 from .metrics_log import MemorySink, MetricsSink, steps_done
 from .optim import Optimizers, build_optimizers
-from .run_files import build, load_weights, prepare_data, save_checkpoint
+from .run_files import build, load_weights, nonfinite_training_state, prepare_data, save_checkpoint
 from .runstate import check_optimizer_state
 from .schedules import Schedule, kl_schedule, lr_schedule
 
@@ -121,8 +121,9 @@ def make_step(cfg: Config, model: nn.Module, estimator: nn.Module, optim: Optimi
 class Diverged(VaelabError):
     """A non-finite epoch loss; `train` turns it into a message that says what the run directory still holds."""
 
-    def __init__(self, epoch: int, loss: float) -> None:
-        super().__init__(f"training diverged in epoch {epoch} (loss {loss}): lower train.lr or set train.grad_clip")
+    def __init__(self, epoch: int, loss: float, what: str = "") -> None:
+        super().__init__(f"training diverged in epoch {epoch} ({what or f'loss {loss}'}): lower train.lr or set "
+                         "train.grad_clip")
         self.epoch, self.loss = epoch, loss
 
 
@@ -333,6 +334,7 @@ class Loop:
                                       stop=None if ctx.distributed else stop, log_batches=self.sink.log_batches)
                 except EpochStopped as halt:
                     ts.partial = halt.partial
+                    self.check_finite(epoch + 1)
                     self.checkpoint()
                     raise Stopped(f"stopped by {stop.name} in epoch {epoch + 1} after step {halt.partial['step']}: "
                                   f"checkpoint written; `vaelab train --resume {self.run_dir}` continues from "
@@ -340,6 +342,7 @@ class Loop:
                 except Diverged as err:
                     raise self.diverged(err) from None
                 ts.partial = None
+                self.check_finite(epoch + 1)                           # before validating or checkpointing it
                 self.end_epoch(epoch, row)
                 if self.stop_everywhere(stop) and epoch + 1 < cfg.train.epochs:
                     raise Stopped(f"stopped by {stop.name or 'a signal'} after epoch {epoch + 1}: checkpoint "
@@ -366,6 +369,12 @@ class Loop:
             return stop.requested
         flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.ctx.device)
         return bool(distributed.all_reduce_sum(flag, self.ctx).item() > 0)
+
+    def check_finite(self, epoch: int) -> None:
+        """NaN or infinite weights or optimizer moments after a step are a divergence even when the epoch's loss was
+        finite: stop before they are validated or checkpointed (the last finite checkpoint is kept)."""
+        if (bad := nonfinite_training_state(self.ts.model, self.ts.estimator, self.ts.optim)) is not None:
+            raise self.diverged(Diverged(epoch, math.nan, f"NaN or infinite values in {bad} after its last step"))
 
     def diverged(self, err: Diverged) -> VaelabError:
         """The divergence message, true to what the run directory holds."""
