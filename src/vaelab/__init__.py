@@ -2,17 +2,50 @@
 
     run = vaelab.fit("bernoulli_vae", data="digits", estimator="disarm", epochs=5)   # api.py
     run.evaluate(iw_samples=100)["iw_loglik"]
+
+The public names load on first use (PEP 562): `import vaelab` (and so `vaelab --help`, `vaelab list`) does not
+import torch; `vaelab.fit` or `from vaelab import fit` imports what that name needs.
 """
 
-from .api import Run, fit, load
-from .config import Config, load_config
-from .errors import VaelabError
-from .estimators import ESTIMATORS, Estimate, Estimator
-from .evaluate import elbo_terms, evaluate_model, iw_loglik
-from .latents import LATENTS, LatentFamily
-from .model import VAE, build_model
-from .nets import NETS
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .provenance import __version__ as __version__  # one definition, below every module that reports it
 
-__all__ = ["fit", "load", "Run", "Config", "load_config", "VaelabError", "ESTIMATORS", "Estimate", "Estimator",
+if TYPE_CHECKING:   # the same names, for type checkers and editors
+    from .api import ArgumentError, ArgumentTypeError, Run, fit, load
+    from .config import Config, load_config
+    from .errors import VaelabError
+    from .estimators import ESTIMATORS, Estimate, Estimator
+    from .evaluate import elbo_terms, evaluate_model, iw_loglik
+    from .latents import LATENTS, LatentFamily
+    from .model import VAE, build_model
+    from .nets import NETS
+
+# public name -> the module that defines it
+_HOME = {"fit": "api", "load": "api", "Run": "api", "ArgumentError": "api", "ArgumentTypeError": "api",
+         "Config": "config", "load_config": "config",
+         "VaelabError": "errors", "ESTIMATORS": "estimators", "Estimate": "estimators", "Estimator": "estimators",
+         "elbo_terms": "evaluate", "evaluate_model": "evaluate", "iw_loglik": "evaluate", "LATENTS": "latents",
+         "LatentFamily": "latents", "VAE": "model", "build_model": "model", "NETS": "nets"}
+
+__all__ = ["fit", "load", "Run", "ArgumentError", "ArgumentTypeError",
+           "Config", "load_config", "VaelabError", "ESTIMATORS", "Estimate", "Estimator",
            "elbo_terms", "evaluate_model", "iw_loglik", "LATENTS", "LatentFamily", "VAE", "build_model", "NETS"]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use and kept; AttributeError for any other name (so
+    `from vaelab import density` still finds the submodule)."""
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

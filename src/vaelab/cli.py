@@ -1,9 +1,9 @@
 """Command line: thin argparse over the library. Every VaelabError becomes one line on stderr and exit code 2.
 
 Each command is an `add_<command>(sub)` that declares its arguments beside the `cmd_<command>(args)` that runs it:
-train, evaluate, sample and list here; fit-density, quality, classifier, gradvar and reproduce in cli_study.py;
-sweep, compare and stack in sweep.py, compare.py and sweep_stack.py (`sweep.add_parsers`). Shared pieces (the
-parser class, the limits of the counts) are in cli_args.py.
+train, evaluate, sample, bundle, unbundle and list here; fit-density, quality, classifier, gradvar and reproduce
+in cli_study.py; sweep, compare and stack in sweep.py, compare.py and sweep_stack.py (`sweep.add_parsers`). Shared
+pieces (the parser class, the limits of the counts) are in cli_args.py.
 """
 
 from __future__ import annotations
@@ -15,10 +15,17 @@ import sys
 from pathlib import Path
 
 from . import cli_study
-from .checks import IW_SAMPLES_MAX, check_count, check_output_file, check_writable_dir
 from .cli_args import IMAGE_EXTENSIONS, SAMPLE_N_MAX, Parser, add_quiet, check_seed
-from .config import load_config
 from .errors import Stopped, VaelabError
+
+# `vaelab sweep`, `compare` and `stack` are declared in modules that import torch (sweep.add_parsers): `parser()`
+# adds them only when one of them is the command, and else these one-line stand-ins for `vaelab --help`
+# (tests/test_startup.py checks that they say what the real parsers say).
+ORCHESTRATION_HELP = {
+    "sweep": "train and evaluate a grid of configs x seeds, resumably",
+    "compare": "one table of settings: mean ± s.e. across seeds, paired differences",
+    "stack": "train one config for many seeds at once, as one stacked model",
+}
 
 
 def add_train(sub) -> None:
@@ -41,6 +48,7 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
     from .distributed import is_main_process
     from .train import train
 
@@ -88,6 +96,7 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .checks import IW_SAMPLES_MAX, check_count, check_writable_dir
     from .distributed import barrier, setup, teardown
     from .hardware import resolve_device
     from .run_files import open_run
@@ -124,6 +133,7 @@ def add_sample(sub) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from .checks import check_count, check_output_file, check_writable_dir
     from .run_files import open_run
     from .run_tasks import sample_grid
 
@@ -138,52 +148,84 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def add_bundle(sub) -> None:
+    b = sub.add_parser("bundle", help="write a run's resumable state as one .safetensors file",
+                       description="Weights, optimizer, RNG states, metrics.jsonl and config of RUN's last checkpoint "
+                       "in one file (no TensorBoard files): `vaelab unbundle FILE --out DIR` on any machine, then "
+                       "`vaelab train --resume DIR` continues the run exactly (bit for bit on the CPU). Safe to "
+                       "run while RUN trains.")
+    b.add_argument("run", metavar="RUN_DIR")
+    b.add_argument("--out", required=True, metavar="FILE", help="the bundle to write, e.g. run.safetensors")
+    b.set_defaults(func=cmd_bundle)
+
+
+def cmd_bundle(args: argparse.Namespace) -> None:
+    from .bundle import write_bundle
+
+    out = write_bundle(args.run, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): `vaelab unbundle {out} --out RUN_DIR`, then "
+          "`vaelab train --resume RUN_DIR` continues the run")
+
+
+def add_unbundle(sub) -> None:
+    u = sub.add_parser("unbundle", help="turn a `vaelab bundle` file back into a resumable run directory")
+    u.add_argument("bundle", metavar="FILE")
+    u.add_argument("--out", required=True, metavar="RUN_DIR", help="a new (or empty) run directory")
+    u.set_defaults(func=cmd_unbundle)
+
+
+def cmd_unbundle(args: argparse.Namespace) -> None:
+    from .bundle import unpack_bundle
+
+    state = unpack_bundle(args.bundle, args.out)
+    print(f"run written to {args.out} ({state['epoch']} epochs done): `vaelab train --resume {args.out}` "
+          "continues it")
+
+
 def add_list(sub) -> None:
     sub.add_parser("list", help="list the registered latent families, estimators and networks").set_defaults(
         func=cmd_list)
 
 
-def _summary(obj, width: int = 100) -> str:
-    """A registered class's docstring, first paragraph, cut to `width` characters at a word boundary."""
-    text = " ".join((obj.__doc__ or "").split("\n\n")[0].split())
-    return text if len(text) <= width else text[:width].rsplit(" ", 1)[0] + " ..."
-
-
 def cmd_list(args: argparse.Namespace) -> None:
-    from .config import presets
-    from .estimators import ESTIMATORS
-    from .latents import LATENTS
-    from .nets import NETS
+    from .cli_list import listing
 
-    print("latent families (model.latent):")
-    for name in LATENTS:
-        print(f"  {name:16s} {_summary(LATENTS.get(name))}")
-    print("estimators (estimator.name), and the latent families each fits:")
-    for name in ESTIMATORS:
-        cls = ESTIMATORS.get(name)
-        fits = [lat for lat in LATENTS if cls.needs <= LATENTS.get(lat).offers()]
-        print(f"  {name:16s} {_summary(cls)}\n  {'':16s} fits: {', '.join(fits) or 'none'}")
-    print(f"networks (model.nets): {', '.join(NETS)}")
-    print(f"presets (vaelab train NAME): {', '.join(presets())}")
+    print(listing(), end="")
 
 
-def parser() -> argparse.ArgumentParser:
-    """`vaelab`'s parser: every command's `add_<command>`, in the order `vaelab --help` lists them."""
-    from . import __version__
-    from .sweep import add_parsers as add_sweep_compare_stack
+def add_orchestration_stand_ins(sub) -> None:
+    """`vaelab sweep`, `compare` and `stack` as names and help lines only (see ORCHESTRATION_HELP)."""
+    for name, text in ORCHESTRATION_HELP.items():
+        sub.add_parser(name, help=text, add_help=False)
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command `argv` names: its first word that is not an option (the top level's options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """`vaelab`'s parser: every command's `add_<command>`, in the order `vaelab --help` lists them. sweep, compare
+    and stack are declared in full only when `command` is one of them (their modules import torch)."""
+    from .provenance import __version__
 
     p = Parser(prog="vaelab", description="Train, evaluate and compare VAEs on binary images.")
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_evaluate, add_sample, cli_study.add_fit_density, cli_study.add_classifier,
-                cli_study.add_quality, cli_study.add_gradvar, cli_study.add_reproduce, add_list,
-                add_sweep_compare_stack):
+    if command in ORCHESTRATION_HELP:
+        from .sweep import add_parsers as add_sweep_compare_stack
+    else:
+        add_sweep_compare_stack = add_orchestration_stand_ins
+    for add in (add_train, add_evaluate, add_sample, add_bundle, add_unbundle, cli_study.add_fit_density,
+                cli_study.add_classifier, cli_study.add_quality, cli_study.add_gradvar, cli_study.add_reproduce,
+                add_list, add_sweep_compare_stack):
         add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(command_of(argv)).parse_args(argv)
     try:
         args.func(args)
     except VaelabError as err:

@@ -1,13 +1,14 @@
 """What every `vaelab` command module shares: argparse with vaelab's error format, the seed check, and the
 documented limits of the command-line counts (README, "Bad input"): above them a command would run for days or
-hold more than a large machine's memory, so it is refused at once."""
+hold more than a large machine's memory, so it is refused at once.
+
+The command modules import nothing that imports torch at their top (checks, config, the registries load inside
+the `cmd_<command>` functions), so `vaelab --help`, `--version`, `list` and argument errors answer at once."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-from .checks import SEED_MAX, check_count
 
 SAMPLE_N_MAX = 10_000          # images in one sample grid
 QUALITY_N_MAX = 100_000        # samples scored by `quality` (held in memory with their classifier features)
@@ -27,6 +28,8 @@ class Parser(argparse.ArgumentParser):
 
 def check_seed(flag: str, value: int | None) -> None:
     """A `--seed` in 0..2^63-1 (None: not given)."""
+    from .checks import SEED_MAX, check_count
+
     check_count(flag, value, 0, SEED_MAX)
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checks import IW_SAMPLES_MAX, check_count, check_writable_dir
 from .cli_args import BATCH_MAX, DRAWS_MAX, QUALITY_N_MAX, WARMUP_MAX, add_quiet, check_seed
 from .errors import VaelabError
 
@@ -38,6 +37,7 @@ def add_fit_density(sub) -> None:
 
 
 def cmd_fit_density(args: argparse.Namespace) -> None:
+    from .checks import check_writable_dir
     from .figures_latent import write_latent_figures
     from .run_files import open_run
     from .run_tasks import fit_run_density
@@ -101,6 +101,7 @@ def add_classifier(sub) -> None:
 def cmd_classifier(args: argparse.Namespace) -> None:
     import torch
 
+    from .checks import check_count, check_writable_dir
     from .classifier import save_classifier, train_classifier
     from .hardware import resolve_device
 
@@ -140,6 +141,7 @@ def add_quality(sub) -> None:
 
 
 def cmd_quality(args: argparse.Namespace) -> None:
+    from .checks import check_count, check_writable_dir
     from .run_files import open_run, read_checkpoint
     from .run_tasks import quality_classifier, quality_run
 
@@ -176,6 +178,7 @@ def add_gradvar(sub) -> None:
 
 
 def cmd_gradvar(args: argparse.Namespace) -> None:
+    from .checks import check_count, check_writable_dir
     from .gradvar import format_table, gradvar, plot_gradvar
     from .run_files import write_json
 
@@ -213,6 +216,7 @@ def add_reproduce(sub) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .checks import IW_SAMPLES_MAX, check_count, check_writable_dir
     from .reproduce import Settings, reproduce
 
     check_count("--epochs", args.epochs, 1, 10**9)

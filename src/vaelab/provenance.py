@@ -7,8 +7,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-import torch
-
 __version__ = "0.1.0"   # the package's version (vaelab.__version__), as in pyproject.toml
 
 
@@ -35,6 +33,7 @@ def versions() -> dict[str, str]:
     """Versions and provenance shown in the report."""
     import numpy
     import sklearn
+    import torch
 
     return {"vaelab": __version__, "git commit": git_commit(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,

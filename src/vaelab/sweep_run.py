@@ -1,10 +1,12 @@
 """One run of a sweep, as a worker executes it: train (or resume, or skip), then evaluate (or skip).
 
 `execute_run(job)` is what a local worker thread and a Ray task both call, so both backends do the same thing:
-each step is its own `python -m vaelab ...` process with `job.threads` threads, its output appended to the
-run's log. The run directory is the truth about a run's state, so a sweep started again (anywhere that sees the
-same files) skips finished runs, resumes interrupted ones from their checkpoint and evaluates what is not
-evaluated with the sweep's settings. A failure comes back as a result with the error, never as an exception.
+the run's steps (`vaelab train` or `train --resume`, `fit-density`, `evaluate`) run in one `python -m
+vaelab.sweep_worker` process with `job.threads` threads (one process per run: a crash ends that run alone, and
+torch loads once, not once per step), its output appended to the run's log under one header line per step.
+The run directory is the truth about a run's state, so a sweep started again (anywhere that sees the same files)
+skips finished runs, resumes interrupted ones from their checkpoint and evaluates what is not evaluated with the
+sweep's settings. A failure comes back as a result with the error, never as an exception.
 
 Stopping: `forwarding_stops()` (entered by the sweep's main thread) passes a SIGTERM or SIGHUP sent to the sweep
 on to every running `vaelab` child, which checkpoints at its next safe point and exits 128 + signum (a Ctrl-C
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import open_append
 from .config import Config, config_from_yaml_text, load_config
+from .errors import VaelabError
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,12 @@ class Job:
 
 
 class RunFailed(Exception):
-    """A step of a run failed; the message is what sweep.yaml records."""
+    """A step of a run failed; the message is what sweep.yaml records, `step` the index of the step that failed
+    among those `_vaelab` ran (0 when none ran)."""
+
+    def __init__(self, message: str, step: int = 0) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class RunStopped(RunFailed):
@@ -133,46 +143,56 @@ def _clear_partial(run_dir: Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-def _vaelab(job: Job, args: list[str]) -> None:
-    """Run `python -m vaelab ARGS` (with --quiet for train and evaluate) for `job`, its output appended to the
-    run's log; RunFailed on a non-zero exit."""
+STEP_HEADER = re.compile(r"^# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d vaelab (\S+)")   # sweep_worker.HEADER
+
+
+def _vaelab(job: Job, steps: list[list[str]]) -> None:
+    """Run `vaelab STEP` for each of `steps` (with --quiet for train and evaluate), in order, in one `python -m
+    vaelab.sweep_worker` process for `job`, its output appended to the run's log; RunFailed (its `step` the index
+    of the step that failed) on a non-zero exit."""
+    if not steps:
+        return
     env = dict(os.environ, OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads)) | job.env
+    steps = [[*s, "--quiet"] if s[0] in ("train", "evaluate") else s for s in steps]
     log_path = Path(job.log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} vaelab {' '.join(args)}\n")
-        log.flush()
-        start = log.tell()
+    with open_append(log_path) as log:                  # never through a planted symlink
+        start = log.seek(0, os.SEEK_END)
         cwd = job.cwd if Path(job.cwd).is_dir() else None
-        quiet = ["--quiet"] if args[0] in ("train", "evaluate") else []
-        code = CHILDREN.run([sys.executable, "-m", "vaelab", *args, *quiet], stdout=log, stderr=log, env=env,
-                            cwd=cwd, stdin=subprocess.DEVNULL)
+        code = CHILDREN.run([sys.executable, "-m", "vaelab.sweep_worker", json.dumps(steps)], stdout=log,
+                            stderr=log, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
     if code != 0:
-        raise (RunStopped if CHILDREN.signum is not None else RunFailed)(_error_line(log_path, start, code, args[0]))
+        index, message = _error_line(log_path, start, code, [s[0] for s in steps])
+        raise (RunStopped if CHILDREN.signum is not None else RunFailed)(message, index)
 
 
-def _error_line(log_path: Path, start: int, code: int, step: str) -> str:
-    """The step's `vaelab: error:` line, else its last output line, else how it ended."""
+def _error_line(log_path: Path, start: int, code: int, names: list[str]) -> tuple[int, str]:
+    """(index of the step that failed, its `vaelab: error:` line, else its last output line, else how it ended):
+    the failed step is the last whose header line the worker wrote after `start`."""
     with open(log_path, errors="replace") as f:
         f.seek(start)
         lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+    headers = [i for i, line in enumerate(lines) if STEP_HEADER.match(line)]
+    index = min(max(len(headers) - 1, 0), len(names) - 1)
+    step = names[index]
+    lines = lines[headers[-1] + 1:] if headers else lines
     errors = [line.removeprefix("vaelab: error: ") for line in lines if line.startswith("vaelab: error:")]
     if errors:
-        return f"{step}: {errors[-1]}"
+        return index, f"{step}: {errors[-1]}"
     if code < 0:
-        return f"{step}: killed by {signal.Signals(-code).name}; rerun the sweep to resume it from its checkpoint"
+        return index, (f"{step}: killed by {signal.Signals(-code).name}; rerun the sweep to resume it from its "
+                       "checkpoint")
     tail = lines[-1][:200] if lines else "no output"
-    return f"{step}: exit code {code} ({tail}); see {log_path}"
+    return index, f"{step}: exit code {code} ({tail}); see {log_path}"
 
 
-def train_step(job: Job) -> str:
-    """Train, resume or skip; returns what was done."""
+def train_step(job: Job) -> tuple[str, list[list[str]]]:
+    """Train, resume or skip: (what is done, the `vaelab` step that does it, if any)."""
     run_dir = Path(job.run_dir)
     state = checkpoint_state(run_dir)
     if state is None:
         _clear_partial(run_dir)
-        _vaelab(job, ["train", job.config_path, "--out", job.run_dir])
-        return "trained"
+        return "trained", [["train", job.config_path, "--out", job.run_dir]]
     saved, epoch = state
     wanted = load_config(job.config_path)
     saved.train.device, saved.train.epochs = wanted.train.device, wanted.train.epochs
@@ -183,11 +203,10 @@ def train_step(job: Job) -> str:
         raise RunFailed(f"{run_dir} is trained for {epoch} epochs, more than the spec's {job.epochs}: raise "
                         "train.epochs in the spec, or sweep into another --out")
     if epoch == job.epochs:
-        return "already trained"
+        return "already trained", []
     for stale in ("eval.json", "density.npz"):        # they described an earlier state of the model
         (run_dir / stale).unlink(missing_ok=True)
-    _vaelab(job, ["train", "--resume", job.run_dir, "--epochs", str(job.epochs)])
-    return f"resumed at epoch {epoch + 1}"
+    return f"resumed at epoch {epoch + 1}", [["train", "--resume", job.run_dir, "--epochs", str(job.epochs)]]
 
 
 def evaluated(job: Job) -> bool:
@@ -199,16 +218,17 @@ def evaluated(job: Job) -> bool:
     return ev.get("iw_samples") == job.iw_samples and ev.get("epochs_trained", job.epochs) == job.epochs
 
 
-def evaluate_step(job: Job, trained_now: bool) -> str:
-    """`vaelab evaluate` (after `vaelab fit-density` for an autoencoder) unless done already."""
+def evaluate_step(job: Job, trained_now: bool) -> tuple[str, list[list[str]]]:
+    """`vaelab evaluate` (after `vaelab fit-density` for an autoencoder whose density is missing or about to be
+    stale) unless done already: (what is done, the `vaelab` steps that do it)."""
     if job.iw_samples is None:
-        return "not evaluated (evaluate: false)"
+        return "not evaluated (evaluate: false)", []
     if not trained_now and evaluated(job):
-        return "already evaluated"
-    if job.autoencoder and not (Path(job.run_dir) / "density.npz").is_file():
-        _vaelab(job, ["fit-density", job.run_dir, "--no-figures", "--device", job.device])
-    _vaelab(job, ["evaluate", job.run_dir, "--iw-samples", str(job.iw_samples), "--device", job.device])
-    return f"evaluated (K={job.iw_samples})"
+        return "already evaluated", []
+    steps = [["evaluate", job.run_dir, "--iw-samples", str(job.iw_samples), "--device", job.device]]
+    if job.autoencoder and (trained_now or not (Path(job.run_dir) / "density.npz").is_file()):
+        steps.insert(0, ["fit-density", job.run_dir, "--no-figures", "--device", job.device])
+    return f"evaluated (K={job.iw_samples})", steps
 
 
 def describe(job: Job) -> str:
@@ -230,9 +250,17 @@ def execute_run(job: Job) -> dict[str, Any]:
     actions: list[str] = []
     state, error = "done", None
     try:
-        actions.append(train_step(job))
-        actions.append(evaluate_step(job, trained_now=not actions[0].startswith("already")))
-    except RunFailed as err:
+        trained, train_steps = train_step(job)
+        actions.append(trained)
+        evaluation, eval_steps = evaluate_step(job, trained_now=bool(train_steps))
+        try:
+            _vaelab(job, train_steps + eval_steps)       # one process for the run's steps
+        except RunFailed as err:
+            if err.step < len(train_steps):              # training did not finish
+                actions.clear()
+            raise
+        actions.append(evaluation)
+    except (RunFailed, VaelabError) as err:
         state, error = ("stopped" if isinstance(err, RunStopped) else "failed"), str(err)
     except Exception as err:   # noqa: BLE001 - one broken run must not stop the others
         state, error = "failed", f"{type(err).__name__}: {err}"
