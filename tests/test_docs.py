@@ -1,0 +1,81 @@
+"""The documentation: the site builds with `mkdocs build --strict` (every warning an error), its CLI reference
+holds every command the parser has, every relative link in the README and docs/ names a file inside the
+repository, and the README stays short."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaelab.cli import parser
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def build_site(out: Path) -> subprocess.CompletedProcess:
+    """`mkdocs build --strict` of the repository's mkdocs.yml into `out` (the same build `make docs` runs)."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=os.environ | {"NO_MKDOCS_2_WARNING": "1"})
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    build = build_site(out)
+    assert build.returncode == 0, build.stderr[-3000:]
+    return out
+
+
+def test_site_builds_strictly_with_every_page(site):
+    for page in ("index.html", "tutorial.html", "guide/python.html", "howto/own-data.html",
+                 "howto/new-estimator.html", "howto/sweeps.html", "howto/multi-gpu.html", "reference/cli.html",
+                 "reference/api.html", "reference/errors.html", "results.html", "architecture.html"):
+        assert (site / page).is_file(), page
+
+
+def test_cli_reference_is_generated_from_the_parsers(site):
+    html = (site / "reference" / "cli.html").read_text()
+    top = parser()
+    (choices,) = [a.choices for a in top._actions if hasattr(a, "choices") and isinstance(a.choices, dict)]
+    for name in choices:
+        assert f"vaelab {name}" in html and f"usage: vaelab {name}" in html, name
+    assert "--iw-samples" in html and "--quality-samples" in html and "<!-- cli-reference -->" not in html
+
+
+def test_api_reference_documents_the_run_methods(site):
+    html = (site / "reference" / "api.html").read_text()
+    for name in ("fit", "load", "Run.encode", "Run.reconstruct", "Run.log_prob", "Run.save_grid", "Run.sample"):
+        assert f'id="vaelab.api.{name}"' in html, name
+
+
+def test_results_page_includes_results_md_unchanged(site):
+    html = (site / "results.html").read_text()
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    tables = sum(line.startswith("|---") for line in results.splitlines())
+    assert html.count("<table>") == tables > 10
+    assert "Reproduced: literature presets" in html and "-133.62 ± 0.04" in results and "-133.62 ± 0.04" in html
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *PAGES], ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_stay_inside_the_repository(page):
+    for target in LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://", "#", "mailto:")):
+            pytest.fail(f"{page.name} links outside the repository: {target}")
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.is_relative_to(ROOT) and path.exists(), f"{page.name}: {target}"
+
+
+def test_readme_is_short_and_speaks_to_the_reader():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 120
+    for phrase in ("shared/seed", "lent GPU", "could not be read here", "on this 2-core CPU", "3 min 31 s"):
+        assert phrase not in text, phrase
+    assert "## Results beside the papers" in text and "make demo" in text and "make test" in text
