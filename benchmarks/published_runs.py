@@ -8,6 +8,14 @@ checkpoint (`vaelab train --resume DIR --epochs E`, which also extends a shorter
 has no eval.json. Each worker runs one job at a time with one thread (OMP_NUM_THREADS=1). Run it in the background:
     nohup python benchmarks/published_runs.py --workers 2 > benchmarks/runs/published/queue.log 2>&1 &
 `kill -TERM` (or SIGHUP) on the queue is passed to its running jobs, which checkpoint; it then exits 128 + signum.
+
+Runs outlive a session and a machine through benchmarks/state/: `--save-state` writes each unfinished run (the
+selected jobs with a checkpoint) as one resumable bundle, benchmarks/state/NAME.safetensors (`vaelab bundle`:
+weights, optimizer, RNG, metrics.jsonl, config), removes the bundles of finished runs, and keeps each finished run's
+weights and per-seed files in benchmarks/results/published/seeds/NAME/ (config.yaml, metrics.jsonl, eval.json,
+model.safetensors: `vaelab evaluate` opens that folder). A job whose run directory is missing starts from its
+bundle (`vaelab unbundle`), so on a fresh checkout the same command continues every run where it stopped:
+    python benchmarks/published_runs.py --workers 2 [--only PATTERN]
 """
 
 from __future__ import annotations
@@ -28,12 +36,14 @@ from vaelab.sweep_run import CHILDREN, RunStopped, forwarding_stops
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("VAELAB_PUBLISHED_RUNS", ROOT / "benchmarks" / "runs" / "published")).resolve()
+STATE = Path(os.environ.get("VAELAB_PUBLISHED_STATE", ROOT / "benchmarks" / "state")).resolve()
+SEEDS = ROOT / "benchmarks" / "results" / "published" / "seeds"
 VAELAB = [sys.executable, "-m", "vaelab"]
 LIT = "configs/literature"
 
-# The DisARM paper's estimators: DisARM, REINFORCE leave-one-out with 2 samples (the same 2 decoder passes), and
-# the seed's running-average score function (eq. 11), with their extra `vaelab train` arguments.
-ESTIMATORS = (("disarm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2}"]), ("sfe-avg", []))
+# The DisARM paper's estimators in its reference setting (the presets' signal: elbo): DisARM, ARM and REINFORCE
+# leave-one-out with 2 samples (the same 2 decoder passes), with their extra `vaelab train` arguments.
+ESTIMATORS = (("disarm", []), ("arm", []), ("rloo", ["--set", "estimator.kwargs={num_samples: 2, signal: elbo}"]))
 GRAD_STATS = ["--set", "train.grad_stats_every=500", "--set", "train.grad_stats_draws=16"]
 
 # (name, preset, epochs, seed, extra train args); DisARM epochs are 1,000 steps of batch 50.
@@ -43,6 +53,7 @@ JOBS = [
     # the nonlinear ones also log the encoder gradient's variance (Fig. 5's right column) every 500 steps, 16 draws
     *[(f"disarm_nonlinear-{e}-s{s}", f"{LIT}/disarm_nonlinear.yaml", 100, s, ["--estimator", e, *kw, *GRAD_STATS])
       for s in (0, 1, 2) for e, kw in ESTIMATORS],
+    # Pythae's 784-400-40 setting on Larochelle's .amat files (K = 200 from the preset; K = 5000 added after)
     *[(f"vae_784_400_40_static-s{s}", f"{LIT}/vae_784_400_40_static.yaml", 500, s, []) for s in (0, 1, 2)],
     # the seed's study (its presets' 10 epochs, 10,000 samples scored) over 5 seeds, K = 1000 to fit the CPU
     *[(f"study-s{s}", "reproduce", 10, s, ["--iw-samples", "1000"]) for s in range(5)],
@@ -81,6 +92,11 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
     shorter = OUT / name.replace("-1M", "")
     if name.endswith("-1M") and not run.exists() and (shorter / "eval.json").is_file():
         shutil.copytree(shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
+    bundle = STATE / f"{name}.safetensors"
+    if not run.exists() and bundle.is_file():          # a run carried over from another session or machine
+        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab unbundle {bundle.name}", flush=True)
+        if vaelab(["unbundle", str(bundle), "--out", str(run)], log, env):
+            return f"{name}: unbundling failed, see {log.name}"
     done = epochs_done(run)
     if done < epochs:
         has_checkpoint = (run / "checkpoint").is_dir() or (run / "checkpoint.old").is_dir()
@@ -91,12 +107,36 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
             return f"{name}: training failed, see {log.name}"
     if not evaluate:
         return f"{name}: trained ({epochs_done(run)} epochs), not evaluated"
-    evaluated = run / "eval.json"
-    if not evaluated.is_file() or json.loads(evaluated.read_text()).get("epochs_trained") != epochs:
+    if not finished(run, epochs):
         print(f"{time.strftime('%H:%M:%S')} {name}: vaelab evaluate", flush=True)
         if vaelab(["evaluate", str(run), "--quiet"], log, env):
             return f"{name}: evaluation failed, see {log.name}"
     return f"{name}: done ({epochs_done(run)} epochs)"
+
+
+def finished(run: Path, epochs: int) -> bool:
+    evaluated = run / "eval.json"
+    return evaluated.is_file() and json.loads(evaluated.read_text()).get("epochs_trained") == epochs
+
+
+def save_state(jobs: list[tuple], env: dict[str, str]) -> None:
+    """Bundle every unfinished run that has a checkpoint into STATE; for a finished one, drop its bundle and keep
+    its weights and per-seed files in SEEDS."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    for name, _, epochs, _, _ in jobs:
+        run, bundle = OUT / name, STATE / f"{name}.safetensors"
+        if finished(run, epochs):
+            bundle.unlink(missing_ok=True)
+            keep = SEEDS / name
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in ("config.yaml", "metrics.jsonl", "eval.json"):
+                shutil.copy2(run / f, keep / f)
+            shutil.copy2(run / "checkpoint" / "model.safetensors", keep / "model.safetensors")
+            print(f"{name}: finished; weights and per-seed files in {keep.relative_to(ROOT)}")
+        elif (run / "checkpoint").is_dir():
+            with open(OUT / f"{name}.log", "a") as log:
+                code = vaelab(["bundle", str(run), "--out", str(bundle)], log, env)
+            print(f"{name}: {'bundle failed' if code else 'bundled'} at {epochs_done(run)}/{epochs} epochs")
 
 
 def main() -> None:
@@ -105,6 +145,8 @@ def main() -> None:
     p.add_argument("--only", default="*", help="fnmatch pattern over job names")
     p.add_argument("--list", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="train only")
+    p.add_argument("--save-state", action="store_true", help="bundle unfinished runs into benchmarks/state/ and keep "
+                   "finished runs' weights and per-seed files; trains nothing")
     args = p.parse_args()
     jobs = [j for j in JOBS if fnmatch.fnmatch(j[0], args.only)]
     if args.list:
@@ -113,6 +155,8 @@ def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if args.save_state:
+        return save_state(jobs, env)
     with forwarding_stops() as children, ThreadPoolExecutor(args.workers) as pool:
         for result in pool.map(lambda j: run_stoppable(j, env, not args.no_eval), jobs):
             print(f"{time.strftime('%H:%M:%S')} {result}", flush=True)
