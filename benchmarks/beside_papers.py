@@ -1,6 +1,6 @@
 """The "Reproduced" table of RESULTS.md beside the published figures, recomputed from the committed per-seed files.
 
-    python benchmarks/beside_papers.py            # prints the Markdown table, writes benchmarks/results/beside_papers.json
+    python benchmarks/beside_papers.py    # the Markdown table; writes benchmarks/results/beside_papers.json
 
 Each row reads benchmarks/results/published/seeds/NAME-sS/eval-kK.json (one per training seed, written by
 `vaelab evaluate RUN --iw-samples K`), takes the test negative log-likelihood -iw_loglik per seed, and reports their
