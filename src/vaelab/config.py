@@ -78,6 +78,7 @@ class EvalConfig:
 class Config:
     name: str = "run"
     description: str = ""
+    plugins: list[str] = field(default_factory=list)  # modules imported first, registering nets/latents/estimators
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
@@ -187,14 +188,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     values: dict[str, Any] = {}
     if path is not None:
         path = resolve_preset(path)
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise VaelabError(f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                              f"{err.start}): save it as UTF-8") from err
-        except OSError as err:
-            raise VaelabError(f"cannot read config file {path} ({err.strerror}): check its permissions") from err
-        values = parse_yaml_mapping(text, f"config file {path}", "fix it")
+        values = yaml_io.read_mapping(path, "fix it (UTF-8 YAML, readable)", f"config file {path}")
     return config_from_values(values, overrides, named=named)
 
 
