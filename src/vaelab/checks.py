@@ -24,6 +24,7 @@ from .hardware import check_device_name, check_options
 from .latents import LATENTS
 from .nets import ACTIVATIONS, NETS
 from .optim import check_param_groups
+from .plugins import entry_point_plugins, load_plugins, recorded
 from .schedules import kl_schedule, lr_schedule
 
 SEED_MAX = 2**63 - 1            # torch and numpy seeds: 0 .. 2^63-1
@@ -160,20 +161,43 @@ def _check_train(cfg: Any) -> None:
     check_int("train.log_every", cfg.log_every, 1, fix="give a number of steps, e.g. train.log_every=10")
     if cfg.steps_per_epoch is not None:
         check_int("train.steps_per_epoch", cfg.steps_per_epoch, 1, fix="give a positive cap, or null")
+    if cfg.keep_best not in (None, "valid_elbo"):
+        raise VaelabError(f"train.keep_best = {cfg.keep_best!r} is not a criterion: use valid_elbo, or null for off")
+    if cfg.early_stop_patience is not None:
+        check_int("train.early_stop_patience", cfg.early_stop_patience, 1, fix="give a number of epochs, or null")
     check_param_groups(cfg.param_groups)
     lr_schedule(cfg.lr_schedule)
     kl_schedule(cfg.kl_weight, 1)
     check_options(cfg.compile, cfg.autocast, torch.device("cpu"), cfg.compile_mode)
 
 
+def _check_plugins(cfg: Any) -> None:
+    """Import the config's plugin modules (plugins.py), then the entry-point plugins if a name is still unknown."""
+    load_plugins(cfg.plugins)
+    used = ((LATENTS, cfg.model.latent), (NETS, cfg.model.nets), (ESTIMATORS, cfg.estimator.name))
+    if any(name not in registry for registry, name in used):
+        entry_point_plugins()
+    for registry, name in used:
+        if name not in registry:
+            try:
+                registry.get(name)
+            except VaelabError as err:
+                raise VaelabError(f"{err}, or name the plugin module that registers it (plugins: [MODULE] in the "
+                                  "config, or vaelab --import MODULE)") from err
+
+
 def check_config(cfg: Any) -> None:
-    """Every field of a Config in range; raises a VaelabError naming the first one that is not."""
+    """Every field of a Config in range; raises a VaelabError naming the first one that is not. Plugin modules
+    are imported first, and `cfg.plugins` gains any module outside vaelab that registered what the config uses."""
     if not isinstance(cfg.name, str) or not cfg.name or cfg.name in (".", "..") or "/" in cfg.name \
             or os.sep in cfg.name:
         raise VaelabError(f"name = {cfg.name!r} must be a plain name (it names runs/<name>): e.g. name: my_vae")
+    _check_plugins(cfg)
     _check_data(cfg.data)
     _check_model(cfg.model)
     check_kwargs(ESTIMATORS.get(cfg.estimator.name), cfg.estimator.kwargs, "estimator.kwargs")
+    cfg.plugins = recorded(cfg.plugins, (LATENTS.get(cfg.model.latent), NETS.get(cfg.model.nets),
+                                         ESTIMATORS.get(cfg.estimator.name)))
     _check_train(cfg.train)
     check_int("eval.iw_samples", cfg.eval.iw_samples, 0, IW_SAMPLES_MAX, "0 skips the IW estimate")
     check_int("eval.batch_size", cfg.eval.batch_size, 1)

@@ -69,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.config:
         raise VaelabError("give a CONFIG file (e.g. configs/gaussian_vae.yaml) or --resume RUN_DIR")
     cfg = load_config(args.config, overrides, named=True)   # name and description say what the overrides change
+    cfg.plugins += [m for m in getattr(args, "imports", []) if m not in cfg.plugins]   # --import: the run needs it
     out = Path(args.out or f"runs/{cfg.name}")
     train(cfg, out, quiet=args.quiet)
     if is_main_process():   # under torchrun only rank 0 speaks
@@ -86,7 +87,11 @@ def add_evaluate(sub) -> None:
     e.add_argument("run")
     e.add_argument("--iw-samples", type=int, help="K importance samples (default: the config's, 5000)")
     e.add_argument("--exact", action="store_true",
-                   help="also exact log p(x) by enumerating all 2^D codes (Bernoulli latents, D <= 20; slow past ~12)")
+                   help="also exact log p(x) by enumerating all 2^D codes (Bernoulli latents, D <= 20; slow past ~12): "
+                   "states its cost (2^D x test images decoder rows) first")
+    e.add_argument("--yes", action="store_true", help="run --exact above 2^16 codes (minutes to hours)")
+    e.add_argument("--best", action="store_true", help="score RUN/best/, the epoch of the best validation ELBO "
+                   "(runs trained with train.keep_best: valid_elbo), into RUN/best/eval.json")
     e.add_argument("--autocast", choices=["bf16"], default=None,
                    help="run the decoder under bf16 autocast (log-densities and sums stay fp32): ~1.5x faster on "
                    "CPUs with AVX512-BF16/AMX and on GPUs; changes log p(x) by ~1e-3 nats (benchmarks/RESULTS.md)")
@@ -96,6 +101,7 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .best import best_dir
     from .checks import IW_SAMPLES_MAX, check_count, check_writable_dir
     from .distributed import barrier, setup, teardown
     from .hardware import resolve_device
@@ -105,11 +111,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     check_count("--iw-samples", args.iw_samples, 0, IW_SAMPLES_MAX, "; 0 skips the IW estimate")
     ctx = setup(resolve_device(args.device))   # under torchrun: the test images are split across the ranks
     try:
-        run = open_run(args.run, str(ctx.device))
+        run = open_run(best_dir(args.run) if args.best else args.run, str(ctx.device))
+        if args.exact:
+            from .exact import check_exact_confirmed
+
+            check_exact_confirmed(run.model, len(run.data.x_test), args.yes)   # cost over 2^16 codes: --yes
         if ctx.is_main:
             check_writable_dir(args.run, "run directory")
         metrics = evaluate_run(run, args.run, args.iw_samples, exact=args.exact, progress=not args.quiet, ctx=ctx,
-                               autocast=args.autocast)
+                               autocast=args.autocast, best=args.best)
         barrier(ctx)   # ranks leave together (see train)
     finally:
         teardown(ctx)
@@ -191,6 +201,14 @@ def cmd_list(args: argparse.Namespace) -> None:
     from .cli_list import listing
 
     print(listing(), end="")
+    if getattr(args, "imports", None):   # `vaelab --import MODULE list`: what the plugins registered
+        from .estimators import ESTIMATORS
+        from .latents import LATENTS
+        from .nets import NETS
+
+        for registry in (LATENTS, ESTIMATORS, NETS):
+            names = [n for n in registry if registry.get(n).__module__.split(".")[0] != "vaelab"]
+            print(f"from plugins, {registry.kind}: {', '.join(names) or 'none'}")
 
 
 def add_orchestration_stand_ins(sub) -> None:
@@ -200,8 +218,9 @@ def add_orchestration_stand_ins(sub) -> None:
 
 
 def command_of(argv: list[str]) -> str | None:
-    """The command `argv` names: its first word that is not an option (the top level's options take no value)."""
-    return next((a for a in argv if not a.startswith("-")), None)
+    """The command `argv` names: its first word that is not an option (nor the value of a top-level --import)."""
+    values = {i + 1 for i, a in enumerate(argv) if a == "--import"}
+    return next((a for i, a in enumerate(argv) if not a.startswith("-") and i not in values), None)
 
 
 def parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -211,6 +230,9 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = Parser(prog="vaelab", description="Train, evaluate and compare VAEs on binary images.")
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a plugin module (registering nets, latents or estimators) first; repeatable; "
+                   "`train` records it in the run's config (plugins:)")
     sub = p.add_subparsers(dest="command", required=True)
     if command in ORCHESTRATION_HELP:
         from .sweep import add_parsers as add_sweep_compare_stack
@@ -227,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser(command_of(argv)).parse_args(argv)
     try:
+        if args.imports:
+            from .plugins import load_plugins
+
+            load_plugins(args.imports)
         args.func(args)
     except VaelabError as err:
         print(f"vaelab: error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ import yaml
 
 from . import yaml_io
 from .atomic import atomic_write_text
+from .compare_fixed import fixed_facts, fixed_sentence
 from .compare_html import CURVES, GRAD_CURVE, epoch_band, render_html, step_band
 from .config import Config
 from .errors import VaelabError
@@ -36,7 +37,7 @@ QUALITY = [("fid_classifier_features", "FID (CNN features)"), ("precision", "pre
            ("digit_entropy_fraction", "digit entropy / log 10"), ("mean_confidence", "confidence")]
 # keys with no effect on the numbers: logging, and the gradient probe, which restores the RNG it draws from
 IGNORED = ("name", "description", "train.seed", "train.device", "train.log_every", "train.grad_stats_every",
-           "train.grad_stats_draws")
+           "train.grad_stats_draws", "plugins")
 # keys with no effect given another key's value: runs differing only there are one setting
 INERT_WHEN = {"train.compile_mode": lambda c: not c.get("train.compile")}
 SECTIONS = ("data", "model", "estimator", "train", "eval")          # flattened to section.key, like --set
@@ -44,7 +45,7 @@ PROVENANCE = {"config_name": "name", "latent": "model.latent", "estimator": "est
               "data": "data.source", "binarize": "data.binarize", "eval_seed": "data.eval_seed",
               "nets": "model.nets", "latent_dim": "model.latent_dim"}
 EVAL_NUMBERS = ("iw_loglik_mc_stderr", "train_seconds", "epochs_trained", "steps_trained")
-SKIP_DIRS = {"tb", "fig", "checkpoint", "checkpoint.old", "checkpoint.tmp", "logs", "configs"}
+SKIP_DIRS = {"tb", "fig", "checkpoint", "checkpoint.old", "checkpoint.tmp", "logs", "configs", "best"}
 
 
 @dataclass
@@ -247,7 +248,7 @@ def summarize(settings: list[Setting], runs: list[Run], keys: list[str]) -> dict
     names = [k for k, _ in metric_names(runs)] + ["train_elbo", "train_seconds"]
     out: dict[str, Any] = {"grouped_by": keys, "uncertainty": f"{SE_LABEL} (standard error of the mean of the "
                            "per-seed values; paired: 95% t interval over the shared seeds)", "settings": [],
-                           "paired": [], "notes": [n for r in runs for n in r.notes]}
+                           "paired": [], "notes": [n for r in runs for n in r.notes], **fixed_facts(runs)}
     for s in settings:
         metrics = {m: mean_se([r.values.get(m) for r in s.runs]).to_dict() for m in names}
         metrics["iw_loglik"]["mc_se"] = combined_mc_se([r.values.get("iw_loglik_mc_stderr") for r in s.runs
@@ -320,7 +321,7 @@ def notes_text(result: dict[str, Any]) -> dict[str, str]:
     """The sentences that say what each table's numbers and ± mean."""
     by = ", ".join(result["grouped_by"]) or "nothing (every run differs only in its seed)"
     return {
-        "grouping": f"Settings differ in: {by}.",
+        "grouping": f"Settings differ in: {by}. {fixed_sentence(result)}",
         "main": ("Train ELBO: the last epoch's mean training ELBO (one sample per image, averaged over the epoch "
                  "while the parameters moved). The other columns are test-set means in nats. Each cell is the mean "
                  f"{SE_LABEL}: the standard error of the mean of the "

@@ -3,6 +3,8 @@
 log p(x) = logsumexp_z [log p(z) + log p(x|z)] over the 2^D codes z, and the exact expectations under q(z|x) that
 gradient checks differentiate. Cost grows as 2^D x images x decoder: fine for D <= ~12 on a test set, minutes to
 hours at D = 20 (2^20 codes x 10k MNIST test images is ~10^10 decoder rows), refused above MAX_EXACT_DIM.
+`exact_cost` states that cost in one line; `vaelab evaluate --exact` prints it before any work and asks for
+`--yes` above CONFIRM_CODES codes (`check_exact_confirmed`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from .errors import VaelabError
 from .hardware import chunk_rows
 from .latents import BernoulliLatent
 from .model import VAE
-from .progress import bar
+from .progress import bar, on_terminal, stage
 
 MAX_EXACT_DIM = 20
+CONFIRM_CODES = 1 << 16   # above this many codes `vaelab evaluate --exact` runs only with --yes
 
 
 def all_codes(dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
@@ -39,25 +42,64 @@ def check_enumerable(model: VAE, max_dim: int = MAX_EXACT_DIM) -> int:
     return latent.dim
 
 
+def exact_cost(dim: int, n_images: int) -> str:
+    """One line stating what exact log p(x) costs: 2^D codes x N images decoder rows."""
+    codes = 2**dim
+    return (f"exact log p(x): 2^{dim} = {codes:,} codes x {n_images:,} test images = {codes * n_images:.2e} "
+            "decoder rows")
+
+
+def check_exact_confirmed(model: VAE, n_images: int, confirmed: bool, flag: str = "--yes") -> int:
+    """D if exact log p(x) of `n_images` images may run: enumerable, and at most CONFIRM_CODES codes unless
+    `confirmed`; else a one-line VaelabError stating the cost and naming `flag`."""
+    dim = check_enumerable(model)
+    if 2**dim > CONFIRM_CODES and not confirmed:
+        raise VaelabError(f"{exact_cost(dim, n_images)}, above 2^{CONFIRM_CODES.bit_length() - 1} codes (minutes "
+                          f"to hours): add {flag} to run it, or drop --exact and use the IW estimate")
+    return dim
+
+
+def chunk_size(like: Tensor, rows: int) -> int:
+    """How many codes one chunk holds so that a chunk times `rows` images of `like`'s width stays under budget."""
+    return max(1, chunk_rows(like.device, like.shape[-1]) // max(rows, 1))
+
+
 def code_chunks(model: VAE, like: Tensor, rows: int) -> list[Tensor]:
     """All codes on `like`'s device and dtype, split so that a chunk times `rows` images stays under the budget."""
     codes = all_codes(model.latent.dim, like.dtype, like.device)
-    return list(codes.split(max(1, chunk_rows(like.device, like.shape[-1]) // max(rows, 1))))
+    return list(codes.split(chunk_size(like, rows)))
+
+
+def _batch_chunks(batches: tuple[Tensor, ...], codes: Tensor):
+    """(batch index, images, code chunk) for every test batch and every chunk of its codes, in order."""
+    for index, xb in enumerate(batches):
+        for chunk in codes.split(chunk_size(xb, len(xb))):
+            yield index, xb, chunk
 
 
 @torch.no_grad()
 def exact_loglik(model: VAE, x: Tensor, batch_size: int = 500, max_dim: int = MAX_EXACT_DIM,
                  progress: bool = False) -> Tensor:
-    """log p(x) = logsumexp over all 2^D codes of log p(z) + log p(x|z): per-example [N], exact up to rounding."""
+    """log p(x) = logsumexp over all 2^D codes of log p(z) + log p(x|z): per-example [N], exact up to rounding.
+
+    With `progress`, a bar counts code chunks (one batch of images against one chunk of codes); off a terminal,
+    where the bar is one line, a line also reports each finished batch of images."""
     dim = check_enumerable(model, max_dim)
-    out = []
-    for xb in bar(x.split(batch_size), f"exact log p(x), 2^{dim} codes, {len(x)} images", progress):
-        parts = []
-        for codes in code_chunks(model, xb, len(xb)):
-            z = codes[:, None, :].expand(-1, len(xb), -1)                 # [C, B, D]
-            parts.append(torch.logsumexp(model.log_joint(xb, z), 0))      # [B]
-        out.append(torch.logsumexp(torch.stack(parts), 0))                # [B]
-    return torch.cat(out)
+    codes = all_codes(dim, x.dtype, x.device)                             # [C, D]
+    batches = x.split(batch_size)
+    counts = [-(-len(codes) // chunk_size(xb, len(xb))) for xb in batches]   # code chunks per batch
+    lines = progress and not on_terminal()
+    out: list[Tensor] = []
+    parts: list[Tensor] = []
+    for index, xb, chunk in bar(_batch_chunks(batches, codes), f"exact log p(x), 2^{dim} codes x {len(x)} images",
+                                progress, sum(counts), unit="chunks"):
+        z = chunk[:, None, :].expand(-1, len(xb), -1)                     # [c, B, D]
+        parts.append(torch.logsumexp(model.log_joint(xb, z), 0))          # [B]
+        if len(parts) == counts[index]:                                   # the batch has seen every code
+            out.append(torch.logsumexp(torch.stack(parts), 0))            # [B]
+            parts = []
+            stage(f"exact log p(x): {sum(map(len, out))}/{len(x)} images done", lines)
+    return torch.cat(out)                                                 # [N]
 
 
 def expected_reconstruction(model: VAE, x: Tensor, codes: Tensor | None = None) -> Tensor:

@@ -12,13 +12,19 @@ once per epoch (the trainer keeps them on the device), so logging them costs no 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_write_text, open_append
+from .atomic import atomic_write_bytes, atomic_write_text, open_append
 from .errors import VaelabError
+
+if TYPE_CHECKING:
+    import torch
 
 GRAD_STATS = "grad_stats.jsonl"
 BATCH_TAGS = ("batch/loss", "batch/elbo", "batch/rec", "batch/kl")
@@ -84,6 +90,12 @@ def session_start(hparams: dict[str, bool | int | float | str]):
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    _set_hparams(start, hparams)
+    return _hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start)
+
+
+def _set_hparams(start, hparams: dict[str, bool | int | float | str]) -> None:
+    """Put `hparams` into a SessionStartInfo, each with its type (bool, number, text)."""
     for name, value in hparams.items():
         if isinstance(value, bool):
             start.hparams[name].bool_value = value
@@ -91,7 +103,70 @@ def session_start(hparams: dict[str, bool | int | float | str]):
             start.hparams[name].number_value = value
         else:
             start.hparams[name].string_value = value
-    return _hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start)
+
+
+def update_session_hparams(tb_dir: Path, changes: dict[str, bool | int | float | str]) -> bool:
+    """Set `changes` in every HPARAMS session start already written in `tb_dir` (each events file holding one is
+    rewritten atomically, its other events as they were); False when there is none. TensorBoard keeps the first
+    session start of a run and ignores later ones, so a value known only after training (the K that evaluation
+    used) can only be shown by editing that first one."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    found = False
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        records, changed = list(RawEventFileLoader(str(path)).Load()), False
+        for i, raw in enumerate(records):
+            event = Event.FromString(raw)
+            for value in event.summary.value:
+                if value.tag == metadata.SESSION_START_INFO_TAG and value.metadata.plugin_data.content:
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    _set_hparams(data.session_start_info, changes)
+                    value.metadata.plugin_data.content = data.SerializeToString()
+                    records[i], changed = event.SerializeToString(), True
+        if changed:
+            buffer = io.BytesIO()
+            writer = RecordWriter(buffer)
+            for record in records:
+                writer.write(record)
+            atomic_write_bytes(path, buffer.getvalue(), f"make {tb_dir} writable and evaluate again")
+        found = found or changed
+    return found
+
+
+TEST_KEYS = ("elbo", "rec", "kl", "iw_loglik", "exact_loglik", "iw_samples")
+
+
+def log_test_metrics(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], step: int,
+                     prefix: str = "test") -> dict[str, float]:
+    """An evaluation's numbers (eval.json's `TEST_KEYS`) as TensorBoard scalars PREFIX/KEY in RUN/tb at `step`
+    (the steps the scored checkpoint trained), so the HPARAMS tab ranks runs by them; the run's session then
+    shows the K the evaluation used as `eval.iw_samples` (a run without a session gets one, from `config`).
+    Returns the scalars written."""
+    values = {f"{prefix}/{key}": float(metrics[key]) for key in TEST_KEYS
+              if isinstance(metrics.get(key), int | float) and not isinstance(metrics[key], bool)}
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # as MetricsSink
+        return {}
+    tb_dir = run_dir / "tb"
+    changes = {"eval.iw_samples": int(metrics["iw_samples"])} if f"{prefix}/iw_samples" in values else {}
+    has_session = update_session_hparams(tb_dir, changes) if tb_dir.is_dir() else False
+    with contextlib.closing(SummaryWriter(str(tb_dir))) as tb:
+        if not has_session:
+            tb.file_writer.add_summary(session_start(flat_hparams(
+                {k: v for k, v in config.items() if k not in HPARAMS_SKIPPED}) | changes))
+        tb.file_writer.add_summary(_scalar_summary(values), step)
+    return values
+
+
+def _scalar_summary(values: dict[str, float]):
+    """Scalars as one TensorBoard summary."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    return Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()])
 
 
 def session_end():
@@ -156,10 +231,30 @@ class MetricsSink:
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         """Scalars of one step as one event (SummaryWriter.add_scalar writes an event per scalar, ~4x the cost)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        self.tb.file_writer.add_summary(_scalar_summary(values), step)
 
-        self.tb.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, simple_value=float(value))
-                                                       for tag, value in values.items()]), step)
+    def log_samples(self, model: Any, n: int = 64, seed: int = 0) -> None:
+        """`n` samples from the model's prior as one grid in TensorBoard's IMAGES tab (tag `samples`, at the step
+        of the last logged epoch), grey levels = the decoder's probabilities; the same prior draws every epoch
+        (`seed`), and the training RNG is left as it was. Skipped for an autoencoder (no prior) and for images
+        without a 2-D shape."""
+        import torch
+
+        from .sampling import sample
+
+        if self.tb is None or model.is_autoencoder or len(model.image_shape) != 2:
+            return
+        device, training = next(model.parameters()).device, model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            images = sample(model, n, "probs")                                        # [n, P]
+        model.train(training)
+        height, width = model.image_shape
+        if images.shape[1] != height * width:
+            return
+        self.tb.add_image("samples", image_grid(images, (height, width)), steps_done(self.history))
+        self.tb.flush()
 
     def finish(self) -> None:
         """The run trained all its epochs: its HPARAMS session ends as a success."""
@@ -169,6 +264,18 @@ class MetricsSink:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def image_grid(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """[n, H*W] images in [0, 1] as one near-square grid [1, rows*H, cols*W] (blank cells at the end)."""
+    import torch
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    cells = torch.zeros(rows * cols, *shape, device=images.device)                  # [rows*cols, H, W]
+    cells[: len(images)] = images.reshape(-1, *shape).float()
+    grid = cells.reshape(rows, cols, *shape).permute(0, 2, 1, 3)                   # [rows, H, cols, W]
+    return grid.reshape(1, rows * shape[0], cols * shape[1]).cpu()                # [1, rows*H, cols*W]
 
 
 class MemorySink(MetricsSink):

@@ -34,6 +34,7 @@ from .errors import VaelabError
 from .estimators import Estimator, build_estimator
 from .hardware import resolve_device
 from .model import VAE, build_model
+from .plugins import PluginMissing
 from .runstate import check_state
 from .sources import load_dataset
 
@@ -229,6 +230,8 @@ def read_checkpoint(run_dir: str | Path) -> tuple[Config, dict[str, Tensor], dic
         raise VaelabError(f"checkpoint {ckpt} carries no config in its metadata: {DAMAGED_FIX}")
     try:
         cfg = config_from_yaml_text(meta["config"], f"the config stored in {ckpt}", DAMAGED_FIX)
+    except PluginMissing as err:
+        raise PluginMissing(f"run {Path(run_dir)} needs a plugin: {err}") from err
     except VaelabError as err:
         if "stored in" in str(err):
             raise

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.distributions import Distribution
 
+from .best import BEST_DIR
 from .errors import VaelabError
-from .metrics_log import steps_done
+from .metrics_log import log_test_metrics, steps_done
 from .progress import stage
 from .run_files import LoadedRun, write_json
 
@@ -58,24 +59,32 @@ def describe(run: LoadedRun) -> dict[str, Any]:
 
 
 def evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None = None, exact: bool = False,
-                 progress: bool = False, ctx: Context | None = None, autocast: str | None = None) -> dict[str, Any]:
+                 progress: bool = False, ctx: Context | None = None, autocast: str | None = None,
+                 best: bool = False) -> dict[str, Any]:
     """Test ELBO terms and `iw_loglik` (an AE: log p(x) under its fitted mixture) with its Monte Carlo standard
     error `iw_loglik_mc_stderr`, optionally exact log p(x), and what the run is (`describe`), into eval.json.
 
     In IEEE fp32 (no TF32 matmuls or convolutions on CUDA) unless `autocast` ("bf16"): then the decoder runs under
     bf16 autocast while the encoder, the log-densities and their sums stay fp32; eval.json records it as
     "decoder_autocast". Under torchrun (`ctx` from distributed.setup) a VAE's test images are split across the ranks
-    and rank 0 writes the one result; an autoencoder is evaluated by rank 0 alone. Ranks other than 0 return {}."""
+    and rank 0 writes the one result; an autoencoder is evaluated by rank 0 alone. Ranks other than 0 return {}.
+
+    The numbers also go to TensorBoard (RUN/tb: test/elbo, test/iw_loglik, ... at the steps the run trained; the
+    HPARAMS session's eval.iw_samples becomes the K used). `best`: `run` is RUN/best (`best.best_dir`, train.keep_best)
+    and its numbers go to RUN/best/eval.json and TensorBoard's test_best/*."""
     from .hardware import autocast_twin, matmul_precision
 
     run = dataclasses.replace(run, model=autocast_twin(run.model, autocast, encoder=False))
     torch.manual_seed(run.cfg.train.seed)          # the same importance samples on every call (ranks reseed)
+    eval_dir = Path(run_dir) / BEST_DIR if best else Path(run_dir)
     with matmul_precision(False, run.device):
-        metrics = _evaluate_run(run, run_dir, iw_samples, exact, progress, ctx)
+        metrics = _evaluate_run(run, eval_dir, iw_samples, exact, progress, ctx)
     if metrics:                                                   # rank 0 (or the only process)
-        _check_finite(metrics, run_dir)
-        metrics = describe(run) | metrics | {"decoder_autocast": autocast}
-        merge_eval(run_dir, metrics, keep=("quality_",))            # sample scores stay; stale estimates go
+        _check_finite(metrics, eval_dir)
+        metrics = describe(run) | metrics | {"decoder_autocast": autocast} | ({"checkpoint": "best"} if best else {})
+        merge_eval(eval_dir, metrics, keep=("quality_",))           # sample scores stay; stale estimates go
+        log_test_metrics(Path(run_dir), run.cfg.to_dict(), metrics, metrics["steps_trained"],
+                         "test_best" if best else "test")
     return metrics
 
 
@@ -95,9 +104,10 @@ def _evaluate_run(run: LoadedRun, run_dir: str | Path, iw_samples: int | None, e
 
     k = run.cfg.eval.iw_samples if iw_samples is None else iw_samples
     if exact:
-        from .exact import check_enumerable
+        from .exact import check_enumerable, exact_cost
 
-        check_enumerable(run.model)   # refused before any work (exact enumeration needs a Bernoulli latent)
+        dim = check_enumerable(run.model)   # refused before any work (exact enumeration needs a Bernoulli latent)
+        stage(exact_cost(dim, len(run.data.x_test)), progress and (ctx is None or ctx.is_main))
     if ctx is not None and ctx.distributed and not run.model.is_autoencoder:
         return evaluate_sharded(run.model, run.data.x_test, k, run.cfg.eval.batch_size, exact, run.cfg.train.seed,
                                 ctx, progress) or {}

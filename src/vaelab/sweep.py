@@ -13,9 +13,10 @@ A spec (YAML):
                                      # (sweep_stack.py, `vaelab stack`); local backend
 
 Each run gets DIR/NAME (NAME from its settings and seed, e.g. `estimator.name=disarm,train.lr=1e-4,seed=0`), its
-full config in DIR/configs/NAME.yaml and its output in DIR/logs/NAME.log; DIR/sweep.yaml records the spec and each
-run's state (queued, running, done, failed with its error). Started again, the sweep skips finished runs and
-resumes interrupted ones from their checkpoint; a failed run does not stop the others.
+full config in DIR/configs/NAME.yaml (named NAME, and described by what differs from the base) and its output in
+DIR/logs/NAME.log; DIR/sweep.yaml records the spec and each run's state (queued, running, done, failed with its
+error). Started again, the sweep skips finished runs and resumes interrupted ones from their checkpoint; a failed
+run does not stop the others.
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ class Spec:
         if not isinstance(self.stack, bool):
             raise VaelabError(f"sweep spec {path}: stack = {self.stack!r}: write stack: true or stack: false")
 
+    def preset(self) -> Config:
+        """The base config alone (what runs are described against); the base with `set:` if it is invalid alone."""
+        try:
+            return from_dict(Config, copy.deepcopy(self.base_values))
+        except VaelabError:
+            return self.config({}, None)
+
     def config(self, setting: dict[str, Any], seed: int | None) -> Config:
         """The full config of one run, validated (an unknown key or bad value is refused here, before training)."""
         values = copy.deepcopy(self.base_values)
@@ -161,6 +169,23 @@ def run_name(setting: dict[str, Any], seed: int) -> str:
     return text
 
 
+def name_run(spec: Spec, cfg: Config, setting: dict[str, Any], name: str, run_dir: Path) -> Config:
+    """`cfg` named after its run and described by what differs from the base preset, as `vaelab train` names its
+    variants (sweep_names.py). A name or description that the spec sets itself is kept, and so is the one an
+    existing checkpoint in `run_dir` holds when the rest of its config is the same (a sweep started before runs
+    were named resumes). Under `stack: true` the seeds of a setting train from one config, so its name and
+    description leave the seed out. Returns `cfg`, changed in place."""
+    from .sweep_names import describe_changes, keep_saved_labels
+
+    keys = {*spec.fixed, *setting}
+    preset = spec.preset()
+    if "name" not in keys:
+        cfg.name = (re.sub(r",?seed=\d+$", "", name) or preset.name) if spec.stack else name
+    if "description" not in keys:
+        cfg.description = describe_changes(preset, cfg, skip=("train.seed",) if spec.stack else ())
+    return keep_saved_labels(cfg, run_dir)
+
+
 def plan(spec: Spec, out: Path, threads: int) -> tuple[list[Job], dict[str, dict[str, Any]]]:
     """One Job per setting and seed, and {name: its settings and seed}; writes each run's full config to
     OUT/configs/NAME.yaml."""
@@ -174,6 +199,7 @@ def plan(spec: Spec, out: Path, threads: int) -> tuple[list[Job], dict[str, dict
         name = run_name(setting, seed)
         if any(j.name == name for j in jobs):
             name += "-" + hashlib.sha1(repr((setting, seed)).encode()).hexdigest()[:8]
+        name_run(spec, cfg, setting, name, out / name)
         config_path = out / "configs" / f"{name}.yaml"
         if not config_path.is_file() or config_path.read_text() != cfg.to_yaml():
             write_text(config_path, cfg.to_yaml())

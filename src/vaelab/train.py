@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import cudagraph, distributed, faults, hardware, lifecycle
+from . import best, cudagraph, distributed, faults, hardware, lifecycle
 from .checks import check_int
 from .config import Config
 from .errors import Stopped, VaelabError
@@ -326,6 +326,8 @@ class Loop:
         cfg, ctx, ts, show = self.cfg, self.ctx, self.ts, not self.quiet and sys.stderr.isatty()
         with StopSignals() as stop:
             for epoch in range(ts.epoch, cfg.train.epochs):
+                if best.stop_early(cfg.train, ts.history, ctx, self.quiet):     # train.early_stop_patience
+                    break
                 distributed.seed_sampling(cfg.train.seed, ctx, epoch)   # per-rank noise; one process: no-op
                 ts.optim.set_lr_factor(self.lr_at(epoch))
                 try:
@@ -355,8 +357,10 @@ class Loop:
         row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, self.data.x_valid).items()}
         model.train()
         self.ts.epoch, self.ts.history = epoch + 1, [*self.ts.history, row]
+        best.keep_best(self.cfg, self.run_dir, self.ts, self.ctx.is_main)   # train.keep_best: RUN/best/
         self.checkpoint()
         self.sink.log(row)
+        self.sink.log_samples(model)                                         # TensorBoard's sample grid
         if not self.quiet:
             print(f"epoch {epoch + 1}/{self.cfg.train.epochs}  train ELBO {row['train_elbo']:.2f}  "
                   f"valid ELBO {row['valid_elbo']:.2f}  (KL {row['valid_kl']:.2f}, "
