@@ -160,3 +160,117 @@ def test_grid_codes_run_top_to_bottom_left_to_right(n):
     z = grid_codes([(0.0, 1.0), (10.0, 20.0)], n).reshape(n, n, 2)
     np.testing.assert_allclose(z[0, :, 0], np.linspace(0, 1, n))
     np.testing.assert_allclose(z[:, 0, 1], np.linspace(20, 10, n))
+
+
+def test_frechet_distances_show_three_significant_digits_and_rank_as_shown():
+    from vaelab.report_parts import fmt, shown, significant
+
+    assert [significant(v) for v in (0.012345, 1.2345, 12.345, 123.45, 1234.5, 9.996, 0.0)] == [
+        "0.0123", "1.23", "12.3", "123", "1230", "10.0", "0.00"]
+    q = {"fid_classifier_features": 12.3456, "precision": 0.81234}
+    assert fmt(q, "fid_classifier_features") == "12.3" and shown(q, "fid_classifier_features") == 12.3
+    assert fmt(q, "precision") == "0.812" and fmt({"elbo": -90.123, "elbo_stderr": 0.4}, "elbo") == "-90.12 ± 0.40"
+
+
+def test_toc_anchors_are_unique_github_slugs_and_every_link_resolves():
+    headings = ["Test log-likelihoods (nats, mean ± s.e.)", "Findings", "Findings", "AE + GMM"]
+    assert page.anchors(headings) == ["test-log-likelihoods-nats-mean--se", "findings", "findings-1", "ae--gmm"]
+    html = page.render_page("T", [(h, [page.note("x")]) for h in headings], contents=True)
+    links = re.findall(r'<nav class="toc"[^>]*>.*?</nav>', html)[0]
+    targets = re.findall(r'href="#([^"]+)"', links)
+    ids = re.findall(r'<h2 id="([^"]+)">', html)
+    assert targets == ids == page.anchors(headings)
+
+
+def test_image_grids_are_whole_factor_upscales_with_the_title_above(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((9, 64))
+    plots.save_grid(images, (8, 8), tmp_path / "g.png", title="nine samples")
+    plots.save_grid(images, (8, 8), tmp_path / "plain.png")
+    grid = plots.tile(images, (8, 8))                                   # [28, 28]: 3 x 3 tiles with lines
+    s = int(np.ceil(plots.GRID_TARGET_PX / max(grid.shape)))
+    plain = np.asarray(Image.open(tmp_path / "plain.png").convert("L"), dtype=np.float64)
+    assert plain.shape == (grid.shape[0] * s, grid.shape[1] * s)
+    blocks = plain.reshape(grid.shape[0], s, grid.shape[1], s)
+    assert np.ptp(blocks, axis=(1, 3)).max() == 0                       # each pixel one flat s x s block
+    np.testing.assert_allclose(blocks[:, 0, :, 0], grid * 255, atol=2.0)   # gray colormap: 256 levels
+    titled = np.asarray(Image.open(tmp_path / "g.png").convert("L"), dtype=np.float64)
+    band = titled.shape[0] - plain.shape[0]
+    assert band > 20 and titled.shape[1] == plain.shape[1]
+    np.testing.assert_allclose(titled[band:], plain, atol=1.0)          # the grid itself is unchanged
+    assert titled[:band].min() < 100 and np.median(titled[:band]) > 250   # dark text on white above it
+    fig, _ = plt.subplots(figsize=(2, 1), dpi=50)
+    plots.save_figure(fig, tmp_path / "f.png", tight=False)
+    with Image.open(tmp_path / "f.png") as image:
+        assert image.size == (200, 100)                                 # 2x the nominal dpi
+
+
+def eval_numbers(title: str, iw: float | None, **extra) -> dict:
+    return {"iw_loglik": iw, "iw_loglik_stderr": 0.25, "iw_samples": 50, "n_examples": 250, **extra}
+
+
+def test_findings_state_the_numbers_and_leave_out_what_is_missing():
+    from vaelab.report_findings import findings
+
+    evals = {"G": eval_numbers("G", -30.0), "B": eval_numbers("B", -35.5, latent="bernoulli", estimator="sfe-avg"),
+             "D": eval_numbers("D", -33.25, latent="bernoulli", estimator="disarm"),
+             "A": eval_numbers("A", -31.0, gmm_components=20)}
+    evals["A"]["quality_bernoulli_gmm"] = {"fid_classifier_features": 4.5678, "mode": "bernoulli", "prior": "gmm"}
+    evals["G"]["quality_bernoulli_normal"] = {"fid_classifier_features": 12.0, "mode": "bernoulli", "prior": "normal"}
+    gradvar = {"B": {"draws": 100, "rows": [{"estimator": "sfe-avg", "variance": 500.0},
+                                            {"estimator": "disarm", "variance": 4.0}]}}
+    said = findings(evals, {"A"}, gradvar)
+    assert said == [
+        "G has the best test bound, an IW log-likelihood of -30.00 ± 0.25 nats (K = 50, 250 test images), 1.00 nats "
+        "above the next best, A (-31.00 ± 0.25 nats).",
+        "The A's bound under its fitted 20-component GMM, -31.00 ± 0.25 nats, ranks 2 of 4, 1.00 nats below G.",
+        "Trained with DisARM instead of the seed's sfe-avg, the Bernoulli VAE's test bound is 2.25 nats higher "
+        "(-33.25 ± 0.25 nats against -35.50 ± 0.25 nats).",
+        "At the Bernoulli VAE trained with sfe-avg, one DisARM encoder gradient varies 125 times less than one "
+        "sfe-avg gradient (trace of the covariance 4.00 against 500, 100 draws each).",
+        "The lowest Frechet distance of samples on classifier features is A's (bernoulli samples, z from gmm): "
+        "4.57 (of 2 scored sample sets)."]
+    evals["G"]["iw_loglik"] = -30.875                    # 0.125 nats above A: within the s.e. of 0.25
+    assert findings(evals, {"A"}, gradvar)[0].endswith("(-31.00 ± 0.25 nats); the gap is smaller than their "
+                                                         "standard errors.")
+    evals["D"]["iw_loglik"] = None                       # DisARM not evaluated: no comparison, the rest stands
+    fewer = findings(evals, {"A"}, {})
+    assert len(fewer) == 3 and not any("DisARM" in s for s in fewer)
+    assert findings({"G": eval_numbers("G", -30.0)}, set(), {}) == []   # one bound: nothing to rank
+
+
+@pytest.mark.slow
+def test_study_report_has_findings_from_its_numbers_a_toc_and_its_counts(tmp_path_factory):
+    from test_reproduce import build_study
+
+    from vaelab.report_parts import SHORT
+    from vaelab.reproduce import STUDY
+
+    study = build_study(tmp_path_factory)
+    html, md = (study / "report.html").read_text(), (study / "report.md").read_text()
+    evals = {SHORT[s.name]: json.loads((study / s.name / "eval.json").read_text()) for s in STUDY}
+    said = re.search(r'<p class="findings">([^<]*)</p>', html)[1].replace("&#x27;", "'")
+    assert said in md and html.index('class="findings"') < html.index("<table>")    # at the top, in both pages
+    order = sorted(evals, key=lambda t: evals[t]["iw_loglik"], reverse=True)
+    (best, second), top = order[:2], evals[order[0]]
+    assert (f"{best} has the best test bound, an IW log-likelihood of {top['iw_loglik']:.2f} ± "
+            f"{top['iw_loglik_stderr']:.2f} nats (K = 20, 250 test images), "
+            f"{top['iw_loglik'] - evals[second]['iw_loglik']:.2f} nats above the next best, {second}") in said
+    ae = SHORT["ae_gmm"]
+    place = order.index(ae) + 1
+    assert f"ranks {'first' if place == 1 else place} of 4" in said and f"The {ae}'s bound under its fitted" in said
+    gap = evals[SHORT["bernoulli_vae_disarm"]]["iw_loglik"] - evals[SHORT["bernoulli_vae"]]["iw_loglik"]
+    assert f"test bound is {abs(gap):.2f} nats {'higher' if gap >= 0 else 'lower'}" in said
+    rows = {r["estimator"]: r["variance"]
+            for r in json.loads((study / "bernoulli_vae" / "gradvar" / "gradvar.json").read_text())["rows"]}
+    ratio = rows["sfe-avg"] / rows["disarm"]
+    stated, how = re.search(r"gradient varies ([0-9.]+) times (less|more) than", said).groups()
+    assert how == ("less" if ratio >= 1 else "more")
+    assert float(stated) == pytest.approx(max(ratio, 1 / ratio), rel=0.005)     # 3 significant digits
+    assert "Scored on: 250 test images, K = 20 importance samples per image for every model." in html + md
+    nav = re.search(r'<nav class="toc"[^>]*>(.*?)</nav>', html)[1]
+    targets, ids = re.findall(r'href="#([^"]+)"', nav), re.findall(r'<h2 id="([^"]+)">', html)
+    assert targets == ids and len(ids) == len(set(ids)) >= 8 and ids[0] == "findings"
+    md_targets = re.findall(r"^\d+\. \[[^]]+\]\(#([^)]+)\)$", md, re.M)
+    md_headings = re.findall(r"^## (.+)$", md, re.M)
+    assert md_targets == page.anchors(md_headings) and md_targets[:len(ids) - 1] == ids[:-1]

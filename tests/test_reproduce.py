@@ -58,7 +58,7 @@ def test_every_figure_and_both_reports(study):
     for rel in linked:
         assert_real_png((study / rel).read_bytes())
     sources = re.findall(r'(?:src|href)=["\']([^"\']+)', page)
-    assert all(s.startswith("data:") for s in sources)      # self-contained: nothing to fetch
+    assert all(s.startswith(("data:", "#")) for s in sources)   # self-contained: nothing to fetch
     embedded = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == len(linked)
     for b64 in embedded:

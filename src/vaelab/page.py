@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 Section = tuple[str, Sequence[str]]
+PIXEL_MAX = 800   # px: an image grid narrower than this is drawn with pixelated scaling (it will be scaled up)
 
 STYLE = """
 :root{--fg:#1c1c1e;--muted:#5f6368;--line:#e2e4e8;--soft:#f6f7f9;--best:#e3f1e3}
@@ -38,6 +40,9 @@ h2{font-size:1.25em;margin:1.9em 0 .7em;padding-bottom:.25em;border-bottom:1px s
 figure{margin:0}
 figure img{display:block;width:100%;height:auto}
 figure.pixel img{image-rendering:pixelated}
+nav.toc{font-size:14px;margin:.6em 0 1em}
+nav.toc ol{margin:.2em 0;padding-left:1.4em;columns:2;column-gap:2em}
+p.findings{font-size:15px;margin:.4em 0 .8em;max-width:62em}
 figcaption{font-size:13px;color:#333;margin-top:.35em}
 .table-wrap{overflow-x:auto}
 table{border-collapse:collapse;font-size:13px;margin:.4em 0;font-variant-numeric:tabular-nums}
@@ -59,15 +64,23 @@ def data_url(png: bytes | Path, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
 
 
+def png_width(raw: bytes) -> int | None:
+    """A PNG's width in pixels from its IHDR chunk, None for anything else."""
+    return int.from_bytes(raw[16:20], "big") if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24 else None
+
+
 def figure(png: bytes | Path, caption: str, label: str = "", alt: str = "", wide: bool = False,
            pixel: bool = False) -> str:
-    """An embedded image with its caption ("<b>label.</b> caption"); `wide` spans a grid row, `pixel` keeps
-    image grids sharp when scaled up."""
-    classes = " ".join(c for c, on in (("wide", wide), ("pixel", pixel)) if on)
+    """An embedded image with its caption ("<b>label.</b> caption"); `wide` spans a grid row, `pixel` marks an
+    image grid: one narrower than PIXEL_MAX is scaled up without smoothing (crisp pixels); a wider one was already
+    upscaled by a whole factor (plots.save_grid) and is scaled down smoothly, so its title stays smooth."""
+    raw = png.read_bytes() if isinstance(png, Path) else png
+    small = (png_width(raw) or 0) < PIXEL_MAX
+    classes = " ".join(c for c, on in (("wide", wide), ("pixel", pixel and small)) if on)
     attr = f' class="{classes}"' if classes else ""
     head = f"<b>{html.escape(label)}.</b> " if label else ""
     return (f"<figure{attr}>"
-            f'<img alt="{html.escape(alt or label or caption[:60])}" src="{data_url(png)}">'
+            f'<img alt="{html.escape(alt or label or caption[:60])}" src="{data_url(raw)}">'
             f"<figcaption>{head}{html.escape(caption)}</figcaption></figure>")
 
 
@@ -123,14 +136,48 @@ def pre(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
+def paragraph(text: str) -> str:
+    """A paragraph in body type (the report's findings)."""
+    return f'<p class="findings">{html.escape(text)}</p>'
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it (lower case, punctuation dropped, spaces to hyphens), so one name
+    serves report.html's ids and report.md's links."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(headings: Sequence[str]) -> list[str]:
+    """Unique anchors of headings in order: a repeated slug gets -1, -2, ... (as GitHub does)."""
+    seen: dict[str, int] = {}
+    out = []
+    for heading in headings:
+        base = slug(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.append(f"{base}-{n}" if n else base)
+    return out
+
+
+def toc(headings: Sequence[str]) -> str:
+    """A table of contents: a numbered list of links to the headings' anchors (`anchors`)."""
+    items = "".join(f'<li><a href="#{a}">{html.escape(h)}</a></li>' for h, a in zip(headings, anchors(headings),
+                                                                                   strict=True))
+    return f'<nav class="toc" aria-label="Contents"><b>Contents</b><ol>{items}</ol></nav>'
+
+
 def render_page(title: str, sections: Sequence[Section], intro: str = "", scripts: Sequence[str] = (),
-                styles: Sequence[str] = ()) -> str:
-    """The whole page: `title` as h1, an optional intro line, one h2 per section followed by its blocks; extra CSS
-    `styles` after the page's own, and `scripts` (plain JavaScript, inlined) at the end of the body."""
+                styles: Sequence[str] = (), contents: bool = False) -> str:
+    """The whole page: `title` as h1, an optional intro line, (`contents`) a table of contents, one h2 per section
+    (id: `anchors`) followed by its blocks; extra CSS `styles` after the page's own, and `scripts` (plain
+    JavaScript, inlined) at the end of the body."""
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>"] + ([f'<p class="intro">{esc(intro)}</p>'] if intro else [])
-    for heading, blocks in sections:
-        body += [f"<h2>{esc(heading)}</h2>", *blocks]
+    headings = [heading for heading, _ in sections]
+    if contents:
+        body.append(toc(headings))
+    for (heading, blocks), anchor in zip(sections, anchors(headings), strict=True):
+        body += [f'<h2 id="{anchor}">{esc(heading)}</h2>', *blocks]
     body += [f"<script>{js}</script>" for js in scripts]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"

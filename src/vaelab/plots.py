@@ -1,4 +1,5 @@
-"""Figures from saved artifacts: image grids and per-epoch curves. Files are written atomically."""
+"""Figures from saved artifacts: image grids and per-epoch curves, at twice their nominal dpi (image grids upscaled
+by whole factors, nearest neighbour). Files are written atomically."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from torch import Tensor  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 
+DPI_SCALE = 2            # figures are saved at twice their nominal dpi
+GRID_TARGET_PX = 1200    # an image grid's longer side, at least (about twice the width a report column shows)
+GRID_DPI = 200           # an image grid's title is drawn at this dpi, its pixels placed one to one
+GRID_TITLE_PT = 10
+
 
 def tile(images: Tensor | np.ndarray, image_shape: tuple[int, int], ncol: int | None = None,
          pad: int = 1) -> np.ndarray:
@@ -32,29 +38,40 @@ def tile(images: Tensor | np.ndarray, image_shape: tuple[int, int], ncol: int | 
     return grid
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Save a matplotlib figure through a temp file and a rename, then close it."""
+def save_figure(fig: plt.Figure, path: str | Path, scale: float = DPI_SCALE, tight: bool = True) -> Path:
+    """Save a matplotlib figure through a temp file and a rename, then close it: at `scale` times the figure's dpi
+    (2x: sharp on high-density screens, and when a page shows it at its own width), cropped to its artists when
+    `tight`."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+            fig.savefig(tmp, dpi=fig.dpi * scale, bbox_inches="tight" if tight else None,
+                        format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
     return path
 
 
+def upscale(grid: np.ndarray, target: int = GRID_TARGET_PX) -> np.ndarray:
+    """[H, W] -> [H*s, W*s] by nearest neighbour (each pixel an s x s block), the smallest whole s >= 1 that makes
+    the longer side at least `target` pixels: the digits' pixels stay square and equal, with no resampling."""
+    s = max(1, math.ceil(target / max(grid.shape)))
+    return np.repeat(np.repeat(grid, s, axis=0), s, axis=1)
+
+
 def save_grid(images: Tensor | np.ndarray, image_shape: tuple[int, int], path: str | Path,
               title: str | None = None, ncol: int | None = None) -> Path:
-    """Save images [N, P] in [0, 1] as a PNG grid (white digits on black, grey lines between them)."""
-    grid = tile(images, image_shape, ncol)
-    scale = max(1.0, 240 / max(grid.shape))
-    fig, ax = plt.subplots(figsize=(grid.shape[1] * scale / 40, grid.shape[0] * scale / 40 + (0.4 if title else 0)),
-                           dpi=80)
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
+    """Save images [N, P] in [0, 1] as a grid (white digits on black, grey lines between them), upscaled by a whole
+    factor (`upscale`) and placed pixel for pixel (figimage, no interpolation); the title is text drawn at the
+    image's resolution above it."""
+    grid = upscale(tile(images, image_shape, ncol))                       # [H, W], every pixel an s x s block
+    h, w = grid.shape
+    band = round(GRID_TITLE_PT / 72 * GRID_DPI * 2.2) if title else 0   # pixels above the grid for the title
+    fig = plt.figure(figsize=(w / GRID_DPI, (h + band) / GRID_DPI), dpi=GRID_DPI, facecolor="white")
+    fig.figimage(grid, xo=0, yo=0, cmap="gray", vmin=0, vmax=1, origin="upper", resize=False)
     if title:
-        ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
+        fig.text(0.5, 1 - band / 2 / (h + band), title, ha="center", va="center", fontsize=GRID_TITLE_PT)
+    return save_figure(fig, path, scale=1, tight=False)
 
 
 def run_colors(labels: list[str]) -> dict[str, tuple]:

@@ -1,7 +1,8 @@
 """What the study's report shows, in which order and beside what (`sections`), and its two renderings:
 report.html through page.render_page (figures embedded) and report.md (figures linked).
 
-A section is (heading, blocks); a block is ("table", rows, best cells), ("note", text), ("figs", [Fig, ...]) (one
+A section is (heading, blocks); a block is ("findings", text) (the paragraph at the top, report_findings.py),
+("table", rows, best cells), ("note", text), ("figs", [Fig, ...]) (one
 grid row: a figure beside its twin; missing ones replaced by a one-line note saying why) or ("map", stage name)
 (the interactive latent map, the static Figure 6 when there is none).
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from . import page
 from .latent_map import CSS, JS, META, latent_map_html
+from .report_findings import findings_text
 from .report_parts import (
     NOTE_BEST,
     NOTE_LIKELIHOOD,
@@ -21,8 +23,10 @@ from .report_parts import (
     SHORT,
     Fig,
     autoencoders,
+    likelihood_counts,
     md_table,
     metrics_table,
+    quality_counts,
     quality_table,
     run_config,
 )
@@ -107,10 +111,14 @@ def sections(out: Path, stages, missing: dict[str, str]) -> list[tuple[str, list
     recon = [Fig(f"Figure E{i}", Path(n, "fig", "recon_probs.png"), f"{short[n]}: test digits (odd columns) beside "
                  "their reconstructions (omega of the posterior mean code).")
              for i, n in enumerate(names, 1)]
-    return [
-        ("Test log-likelihoods (nats, mean ± s.e.)", [("table", table, best), ("note", NOTE_LIKELIHOOD),
-                                                      ("note", NOTE_BEST)]),
-        ("Sample quality", [("table", quality, quality_best), ("note", NOTE_QUALITY)] if len(quality) > 1
+    found = findings_text(out, stages)
+    parts = [
+        ("Findings", [("findings", found)] if found else [("note", f"No model has been evaluated yet: {RERUN}.")]),
+        ("Test log-likelihoods (nats, mean ± s.e.)", [("table", table, best),
+                                                      ("note", likelihood_counts(out, stages)),
+                                                      ("note", NOTE_LIKELIHOOD), ("note", NOTE_BEST)]),
+        ("Sample quality", [("table", quality, quality_best), ("note", quality_counts(out, stages)),
+                            ("note", NOTE_QUALITY)] if len(quality) > 1
          else [("note", quality_note(out, stages))]),
         ("Training and gradient estimators", training),
         ("Samples from the prior (seed sections 2 and 3)",
@@ -127,6 +135,7 @@ def sections(out: Path, stages, missing: dict[str, str]) -> list[tuple[str, list
             missing.get("codes_2d.png", ""), wide=True)])]),
         ("Reconstructions", [("figs", recon[i:i + 2]) for i in range(0, len(recon), 2)]),
     ]
+    return [(heading, [b for b in blocks if b != ("note", "")]) for heading, blocks in parts]   # no empty notes
 
 
 def map_fig(out: Path, ae: str) -> tuple[Fig | None, str]:
@@ -142,6 +151,8 @@ def map_fig(out: Path, ae: str) -> tuple[Fig | None, str]:
 def block_html(out: Path, block: tuple) -> str:
     """One block as HTML (see the module docstring)."""
     kind = block[0]
+    if kind == "findings":
+        return page.paragraph(block[1])
     if kind == "table":
         return page.table(block[1], block[2])
     if kind == "note":
@@ -166,12 +177,14 @@ def render_html(out: Path, mode: str, parts, configs: dict[str, str], facts: dic
                          page.table([["", ""], *[[k, str(v)] for k, v in facts.items()]]))]
     fold += [page.details(f"Config: {name}", page.pre(text)) for name, text in configs.items()]
     body.append(("Provenance and configs", fold))
-    return page.render_page(TITLE, body, intro=f"{mode}. {LEGEND}", scripts=[JS], styles=[CSS])
+    return page.render_page(TITLE, body, intro=f"{mode}. {LEGEND}", scripts=[JS], styles=[CSS], contents=True)
 
 
 def block_md(out: Path, block: tuple) -> list[str]:
     """One block as Markdown lines (figures linked, relative to the report)."""
     kind = block[0]
+    if kind == "findings":
+        return [block[1], ""]
     if kind == "table":
         return [*md_table(block[1], block[2]), ""]
     if kind == "note":
@@ -196,7 +209,10 @@ def block_md(out: Path, block: tuple) -> list[str]:
 
 def render_md(out: Path, mode: str, parts, configs: dict[str, str], facts: dict[str, str]) -> str:
     """report.md: the same sections, figures linked."""
-    lines = [f"# {TITLE}", "", f"*{mode}. {LEGEND}*", ""]
+    headings = [heading for heading, _ in parts] + ["Provenance", "Configs"]
+    lines = [f"# {TITLE}", "", f"*{mode}. {LEGEND}*", "", "**Contents**", ""]
+    lines += [f"{i}. [{h}](#{a})" for i, (h, a) in enumerate(zip(headings, page.anchors(headings), strict=True), 1)]
+    lines.append("")
     for heading, blocks in parts:
         lines += [f"## {heading}", ""]
         for block in blocks:

@@ -6,6 +6,7 @@ cells. report_layout.py arranges them into sections; report.py draws the study f
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ COLUMNS = [("elbo", "test ELBO", "max"), ("kl", "KL", None), ("rec", "rec.", Non
 QUALITY = [("fid_classifier_features", "FID on MNIST-CNN features", "min"), ("precision", "precision", "max"),
            ("recall", "recall", "max"), ("digit_entropy_fraction", "digit entropy / log 10", "max"),
            ("mean_confidence", "classifier confidence", "max")]
+SIGNIFICANT = {"fid_classifier_features"}    # shown to 3 significant digits (a distance's scale varies by data)
 
 
 @dataclass
@@ -70,21 +72,33 @@ def run_config(path: Path) -> Config:
     return load_config(path)
 
 
+def significant(value: float, digits: int = 3) -> str:
+    """`value` to `digits` significant digits, without an exponent (0.0123, 1.23, 12.3, 123, 1230)."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:.{digits - 1}f}"
+    places = digits - 1 - math.floor(math.log10(abs(value)))
+    value = round(value, places)
+    places = digits - 1 - math.floor(math.log10(abs(value))) if value else places    # 9.996 -> 10.0, not 10.00
+    return f"{value:.{max(0, places)}f}"
+
+
 def fmt(metrics: dict[str, Any], key: str) -> str:
-    """A value with its standard error when there is one ("–" when there is no value), as the tables show it."""
+    """A value with its standard error when there is one ("–" when there is no value), as the tables show it:
+    bounds in nats to 2 decimals, Frechet distances (SIGNIFICANT) to 3 significant digits, fractions to 3
+    decimals."""
     value = metrics.get(key)
     if value is None:
         return "–"
     err = metrics.get(f"{key}_stderr")
-    return f"{value:.2f} ± {err:.2f}" if err is not None else f"{value:.3f}"
+    if err is not None:
+        return f"{value:.2f} ± {err:.2f}"
+    return significant(value) if key in SIGNIFICANT else f"{value:.3f}"
 
 
 def shown(metrics: dict[str, Any], key: str) -> float | None:
     """The value as `fmt` rounds it (so ties on the page are ties when ranking)."""
-    value = metrics.get(key)
-    if value is None:
-        return None
-    return round(value, 2) if metrics.get(f"{key}_stderr") is not None else round(value, 3)
+    text = fmt(metrics, key)
+    return None if text == "–" else float(text.split(" ± ")[0])
 
 
 def stage_eval(out: Path, name: str) -> dict[str, Any] | None:
@@ -117,6 +131,42 @@ def quality_table(out: Path, stages) -> tuple[list[list[str]], set[tuple[int, in
             rows.append([stage.title, f"{q['mode']}, z ~ {prior}", *[fmt(q, k) for k, _, _ in QUALITY]])
             values.append([None] * 2 + [shown(q, k) for k, _, _ in QUALITY])
     return rows, page.best_cells(values, {2 + i: d for i, (_, _, d) in enumerate(QUALITY)})
+
+
+def per_model(counts: dict[str, str], every: str = "every model") -> str:
+    """"X for every model" when all agree, else each model's own (counts maps a model's title to its phrase)."""
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} for {every}"
+    return "; ".join(f"{title}: {what}" for title, what in counts.items())
+
+
+def likelihood_counts(out: Path, stages) -> str:
+    """What the likelihood table's numbers were computed on, from each eval.json: the number of test images and K,
+    the importance samples per image of the IW bound ("" when no model was evaluated)."""
+    counts = {}
+    for stage in stages:
+        m = stage_eval(out, stage.name)
+        if m is not None and m.get("n_examples") is not None:
+            k = m.get("iw_samples") or 0
+            counts[stage.title] = (f"{m['n_examples']:,} test images, K = {k:,} importance samples per image"
+                                   if k > 0 and m.get("iw_loglik") is not None else
+                                   f"{m['n_examples']:,} test images, no IW bound (K = 0)")
+    return f"Scored on: {per_model(counts)}." if counts else ""
+
+
+def quality_counts(out: Path, stages) -> str:
+    """What the sample-quality rows were computed on: samples scored, reference test images and the k of
+    precision/recall, from each eval.json ("" when none was scored)."""
+    counts = {}
+    for stage in stages:
+        m = stage_eval(out, stage.name) or {}
+        for key in sorted(k for k in m if k.startswith("quality_")):
+            q = m[key]
+            if q.get("n_samples") is not None:
+                counts[f"{stage.title} ({q['mode']}, {q['prior']})"] = (
+                    f"{q['n_samples']:,} samples scored against {q['n_reference']:,} test images, "
+                    f"precision/recall with k = {q['k']}")
+    return f"Scored on: {per_model(counts, 'every row')}." if counts else ""
 
 
 def md_table(table: list[list[str]], best: set[tuple[int, int]] = frozenset()) -> list[str]:
