@@ -127,3 +127,15 @@ def test_resume_with_epochs_extends_a_finished_run_as_if_trained_straight(cli, t
     config = (tmp_path / "ext" / "config.yaml").read_text()
     assert "epochs: 3" in config and "seed: 5" in config
     assert "--resume takes the run's own config" in _err(cli, "train", "--resume", tmp_path / "ext", "--seed", 1)
+
+
+def test_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
+    """Issue 27: `--data d.npz` from one directory, then the run is scored on that file from anywhere."""
+    from vaelab.cli import absolute_data_path
+
+    (tmp_path / "d.npz").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert absolute_data_path("d.npz") == str(tmp_path.resolve() / "d.npz")
+    assert absolute_data_path("./d.npz") == str(tmp_path.resolve() / "d.npz")
+    assert absolute_data_path("digits") == "digits"                # a source name stays a name
+    assert absolute_data_path("missing.npz") == "missing.npz"      # left for the loader's one-line refusal

@@ -32,6 +32,7 @@ import yaml
 from safetensors import safe_open
 from torch import Tensor
 
+from . import yaml_io
 from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from .checks import IW_SAMPLES_MAX, SEED_MAX, check_count, check_output_file
 from .cli_args import IMAGE_EXTENSIONS, SAMPLE_N_MAX
@@ -180,8 +181,8 @@ def _moved_data(path: Path) -> str | None:
     """RUN/data.npz when the run was trained on arrays (config data.source .../data.npz) and its directory has
     moved since (a saved copy, `mv`): the stored absolute path no longer exists, the file beside the run does."""
     try:
-        source = yaml.safe_load((path / "config.yaml").read_text())["data"]["source"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        source = yaml_io.read_mapping(path / "config.yaml", "")["data"]["source"]
+    except (VaelabError, KeyError, TypeError):
         return None
     here = path.resolve() / DATA_FILE
     moved = isinstance(source, str) and Path(source).name == DATA_FILE and not Path(source).exists()

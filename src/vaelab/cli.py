@@ -47,13 +47,20 @@ def add_train(sub) -> None:
     t.set_defaults(func=cmd_train)
 
 
+def absolute_data_path(data: str) -> str:
+    """A data file or folder given by a relative path, as an absolute one (a run then scores the same file from any
+    directory); a source name (no "/" or ".") or a missing path is kept as typed."""
+    path = Path(data).expanduser()
+    return str(path.resolve()) if ("/" in data or "." in data) and path.exists() else data
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .distributed import is_main_process
     from .train import train
 
     overrides = list(args.set)
-    overrides += [f"data.source={args.data}"] if args.data else []
+    overrides += [f"data.source={absolute_data_path(args.data)}"] if args.data else []
     overrides += [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     overrides += [f"train.seed={args.seed}"] if args.seed is not None else []
     overrides += [f"train.device={args.device}"] if args.device else []
