@@ -129,7 +129,7 @@ def save_state(jobs: list[tuple], env: dict[str, str]) -> None:
             bundle.unlink(missing_ok=True)
             keep = SEEDS / name
             keep.mkdir(parents=True, exist_ok=True)
-            for f in ("config.yaml", "metrics.jsonl", "eval.json"):
+            for f in ("config.yaml", "metrics.jsonl", "eval.json", *(p.name for p in run.glob("eval-k*.json"))):
                 shutil.copy2(run / f, keep / f)
             shutil.copy2(run / "checkpoint" / "model.safetensors", keep / "model.safetensors")
             print(f"{name}: finished; weights and per-seed files in {keep.relative_to(ROOT)}")
