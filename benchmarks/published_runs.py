@@ -12,9 +12,10 @@ has no eval.json. Each worker runs one job at a time with one thread (OMP_NUM_TH
 Runs outlive a session and a machine through benchmarks/state/: `--save-state` writes each unfinished run (the
 selected jobs with a checkpoint) as one resumable bundle, benchmarks/state/NAME.safetensors (`vaelab bundle`:
 weights, optimizer, RNG, metrics.jsonl, config), removes the bundles of finished runs, and keeps each finished run's
-weights and per-seed files in benchmarks/results/published/seeds/NAME/ (config.yaml, metrics.jsonl, eval.json,
-model.safetensors: `vaelab evaluate` opens that folder). A job whose run directory is missing starts from its
-bundle (`vaelab unbundle`), so on a fresh checkout the same command continues every run where it stopped:
+final state and per-seed files in benchmarks/results/published/seeds/NAME/ (config.yaml, metrics.jsonl,
+eval.json, eval-kK.json, run.safetensors: `vaelab unbundle run.safetensors --out RUN`, then `vaelab evaluate
+RUN`). A job whose run directory is missing starts from its bundle (`vaelab unbundle`), so on a fresh checkout the
+same command continues every run where it stopped:
     python benchmarks/published_runs.py --workers 2 [--only PATTERN]
 """
 
@@ -131,8 +132,10 @@ def save_state(jobs: list[tuple], env: dict[str, str]) -> None:
             keep.mkdir(parents=True, exist_ok=True)
             for f in ("config.yaml", "metrics.jsonl", "eval.json", *(p.name for p in run.glob("eval-k*.json"))):
                 shutil.copy2(run / f, keep / f)
-            shutil.copy2(run / "checkpoint" / "model.safetensors", keep / "model.safetensors")
-            print(f"{name}: finished; weights and per-seed files in {keep.relative_to(ROOT)}")
+            with open(OUT / f"{name}.log", "a") as log:    # the final weights (and state): unbundle, then evaluate
+                code = vaelab(["bundle", str(run), "--out", str(keep / "run.safetensors")], log, env)
+            print(f"{name}: finished; {'bundle failed' if code else 'final bundle'} and per-seed files in "
+                  f"{keep.relative_to(ROOT)}")
         elif (run / "checkpoint").is_dir():
             with open(OUT / f"{name}.log", "a") as log:
                 code = vaelab(["bundle", str(run), "--out", str(bundle)], log, env)
