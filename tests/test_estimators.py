@@ -259,8 +259,12 @@ def test_bernoulli_presets_build(path):
     if "literature" in path:
         assert isinstance(model.latent.prior_logits, nn.Parameter)
         assert cfg.train.batch_size == 50 and cfg.train.lr == 1e-4 and cfg.eval.iw_samples == 100
-        last = model.decoder[-1]
+        last = [m for m in model.decoder.modules() if isinstance(m, nn.Linear)][-1]
         torch.testing.assert_close(last.bias, torch.logit(torch.tensor(0.2)).expand(784))
+        z = torch.tensor([[0.0, 1.0] * 100])                               # the reference decoder sees 2b - 1
+        net = model.decoder[1]                                              # the MLP behind the input map
+        torch.testing.assert_close(model.decoder(z), net(2 * z - 1))
+        assert not torch.allclose(model.decoder(z), net(z))
 
 
 @pytest.mark.slow

@@ -130,7 +130,7 @@ CONFIG_CASES = [
     Case("set-value-not-yaml", setting("train.lr=[1e-3"), "the value is not valid YAML"),
     Case("set-value-unclosed-map", setting("train.kl_weight={kind: "), "the value is not valid YAML"),
     Case("set-not-key-value", setting("train.lr"), "is not key=value"),
-    Case("config-root-list", config_file(b"- a\n- b\n"), "must hold a mapping of sections"),
+    Case("config-root-list", config_file(b"- a\n- b\n"), "must hold a mapping"),
     Case("config-root-scalar", config_file(b"hello\n"), "not a str"),
     Case("config-not-utf8", config_file(b"name: caf\xe9\n"), "is not UTF-8 text (byte 0xe9"),
     Case("config-python-tag", config_file(
