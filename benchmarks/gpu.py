@@ -26,14 +26,15 @@ import torch
 from iw_eval import per_image_loop
 from speed import flops_per_sample, matmul_peak_gflops, plain_epoch, sync
 
-from vaelab import cudagraph, distributed, hardware
-from vaelab.config import load_config
-from vaelab.evaluate import iw_loglik
-from vaelab.hardware import ROWS_PER_CHUNK, resolve_device
-from vaelab.nets import mlp
-from vaelab.optim import adam
-from vaelab.run_files import build, open_run, prepare_data
-from vaelab.train import Objective, Step, make_step, steps_per_epoch, train_epoch
+from vaelab.config.schema import load_config
+from vaelab.evaluation.bounds import iw_loglik
+from vaelab.models.nets import mlp
+from vaelab.optim.optimizers import adam
+from vaelab.runs.run_files import build, open_run, prepare_data
+from vaelab.runtime import distributed, hardware
+from vaelab.runtime.hardware import ROWS_PER_CHUNK, resolve_device
+from vaelab.training import cudagraph
+from vaelab.training.trainer import Objective, Step, make_step, steps_per_epoch, train_epoch
 
 MODELS = {"seed": "configs/gaussian_vae.yaml", "iwae": "configs/literature/iwae_vae_1layer.yaml"}
 # variant -> config overrides; "plain" (no entry) is the minimal eager loop of benchmarks/speed.py
@@ -132,7 +133,7 @@ def section_cli(b: Bench, runs: Path, name: str = "cli", extra: tuple[str, ...] 
 
 
 def optimizer_and_step(cfg, model, est, data, device: torch.device):
-    """What `vaelab.train.train` builds: Adam (capturable when graphed) and the wrapped training step."""
+    """What `vaelab.training.trainer.train` builds: Adam (capturable when graphed) and the wrapped training step."""
     opt = adam([*model.parameters(), *est.parameters()], cfg.train.lr, device,
                capturable=cudagraph.enabled(cfg.train.cuda_graph, device))
     return opt, make_step(cfg, model, est, opt, distributed.Context(device=device), data.x_valid[:8],

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import load_config
-from vaelab.run_files import read_checkpoint
-from vaelab.stacked import train_stacked
-from vaelab.train import train
+from vaelab.config.schema import load_config
+from vaelab.runs.run_files import read_checkpoint
+from vaelab.training.stacked import train_stacked
+from vaelab.training.trainer import train
 
 
 class Record:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from vaelab.evaluate import iw_loglik
-from vaelab.run_files import open_run
+from vaelab.evaluation.bounds import iw_loglik
+from vaelab.runs.run_files import open_run
 
 
 @torch.no_grad()

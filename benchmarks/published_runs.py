@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vaelab.sweep_run import CHILDREN, RunStopped, forwarding_stops
+from vaelab.experiments.sweep_run import CHILDREN, RunStopped, forwarding_stops
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("VAELAB_PUBLISHED_RUNS", ROOT / "benchmarks" / "runs" / "published")).resolve()

@@ -32,7 +32,7 @@ BATCH, LR, K = 128, 1e-3, 5000
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between: the same module layout as vaelab.nets.mlp, so state dicts match."""
+    """Linear layers with ReLU between: the same module layout as vaelab.models.nets.mlp, so state dicts match."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
@@ -49,7 +49,7 @@ VARIANTS = {"fp32": [], "bf16": ["train.autocast=bf16"], "bf16-compile": ["train
 
 
 def vaelab_config(epochs: int, variant: str = "fp32"):
-    from vaelab.config import load_config
+    from vaelab.config.schema import load_config
     return load_config("configs/gaussian_vae.yaml", ["data.binarize=static", f"train.epochs={epochs}",
                                                      f"train.batch_size={BATCH}", f"train.lr={LR}",
                                                      *VARIANTS[variant]])
@@ -57,7 +57,7 @@ def vaelab_config(epochs: int, variant: str = "fp32"):
 
 def export(out: Path) -> None:
     """The static binarized train/valid/test draw vaelab trains on, as uint8, for the Pythae side."""
-    from vaelab.run_files import prepare_data
+    from vaelab.runs.run_files import prepare_data
     data = prepare_data(vaelab_config(1).data, torch.device("cpu"))
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "data.npz", **{k: getattr(data, k).numpy().astype(np.uint8)
@@ -67,10 +67,10 @@ def export(out: Path) -> None:
 def run_vaelab(out: Path, rnd: int, epochs: int, nll_images: int, variant: str) -> None:
     """train() for `epochs` (loop seconds per epoch from metrics, wall time in all); for fp32, then iw_loglik on
     test images (evaluation is fp32 whatever the training precision) and the weights for Pythae's get_nll."""
-    from vaelab.evaluate import iw_loglik
-    from vaelab.hardware import autocast_twin
-    from vaelab.run_files import build, load_weights, prepare_data, read_checkpoint
-    from vaelab.train import train
+    from vaelab.evaluation.bounds import iw_loglik
+    from vaelab.runs.run_files import build, load_weights, prepare_data, read_checkpoint
+    from vaelab.runtime.hardware import autocast_twin
+    from vaelab.training.trainer import train
     run_dir, tag = out / f"vaelab-{variant}_run{rnd}", f"vaelab-{variant}{rnd}"
     if run_dir.exists():
         import shutil

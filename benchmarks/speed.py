@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import load_config
-from vaelab.hardware import resolve_device
-from vaelab.optim import adam
-from vaelab.run_files import build, prepare_data
-from vaelab.train import train_epoch
+from vaelab.config.schema import load_config
+from vaelab.optim.optimizers import adam
+from vaelab.runs.run_files import build, prepare_data
+from vaelab.runtime.hardware import resolve_device
+from vaelab.training.trainer import train_epoch
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 20,

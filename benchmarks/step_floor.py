@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab import distributed
-from vaelab.config import Config, load_config
-from vaelab.data import Splits
-from vaelab.optim import build_optimizers
-from vaelab.run_files import build, prepare_data
-from vaelab.schedules import kl_schedule
-from vaelab.train import make_step, train_epoch
+from vaelab.config.schema import Config, load_config
+from vaelab.data.datasets import Splits
+from vaelab.optim.optimizers import build_optimizers
+from vaelab.optim.schedules import kl_schedule
+from vaelab.runs.run_files import build, prepare_data
+from vaelab.runtime import distributed
+from vaelab.training.trainer import make_step, train_epoch
 
 PRESETS = ("literature/iwae_vae_1layer", "literature/disarm_linear", "literature/disarm_nonlinear")
 
@@ -176,7 +176,7 @@ class AdamOnly:
     """The optimizer update of a `Vaelab` alone, `steps` times, on gradients set once."""
 
     def __init__(self, vaelab: Vaelab, steps: int) -> None:
-        self.optim, self.steps = vaelab.optim, steps
+        self.optim, self.steps = vaelab.optim.optimizers, steps
 
     def run(self) -> float:
         for p in self.optim.params():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab.cli import main
-from vaelab.config import load_config
+from vaelab.cli.main import main
+from vaelab.config.schema import load_config
 
 
 @pytest.fixture(autouse=True)

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 import vaelab
 from vaelab.api import overrides_from
-from vaelab.atomic import atomic_write_text
-from vaelab.errors import VaelabError
+from vaelab.core.atomic import atomic_write_text
+from vaelab.core.errors import VaelabError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"data": "digits", "epochs": 2, "seed": 3, "model": {"hidden": [16], "latent_dim": 4}}

@@ -1,4 +1,4 @@
-"""Run bundles (vaelab.bundle): a run written as one .safetensors file and unpacked elsewhere resumes bit for bit
+"""Run bundles (vaelab.runs.bundle): a run written as one .safetensors file and unpacked elsewhere resumes bit for bit
 as the original does; damaged, edited or foreign files and occupied targets are refused with one line, exit 2."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vaelab import faults
-from vaelab.bundle import digest
+from vaelab.core import faults
+from vaelab.runs.bundle import digest
 
 RUN_ARGS = ["bernoulli_vae", "--data", "digits", "--quiet", "--device", "cpu", "--epochs", "2",
             "--set", "model.hidden=[16]", "--set", "model.latent_dim=4", "--set", "train.batch_size=32",

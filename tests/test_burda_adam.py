@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vaelab.burda_adam import BurdaAdam
-from vaelab.optim import build_optimizers
+from vaelab.optim.burda_adam import BurdaAdam
+from vaelab.optim.optimizers import build_optimizers
 
 
 def theano_adam(p: np.ndarray, grads: list[np.ndarray], lrs: list[float], b1=0.99, b2=0.999, eps=1e-4):

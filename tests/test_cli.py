@@ -13,7 +13,7 @@ TINY = ["--data", "digits", "--epochs", "1", "--quiet", "--set", "model.hidden=[
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     out = tmp_path_factory.mktemp("cli") / "run"
     assert main(["train", "configs/gaussian_vae.yaml", "--out", str(out), *TINY]) == 0
@@ -131,7 +131,7 @@ def test_resume_with_epochs_extends_a_finished_run_as_if_trained_straight(cli, t
 
 def test_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
     """Issue 27: `--data d.npz` from one directory, then the run is scored on that file from anywhere."""
-    from vaelab.cli import absolute_data_path
+    from vaelab.cli.main import absolute_data_path
 
     (tmp_path / "d.npz").write_bytes(b"")
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 import vaelab
-from vaelab.config import load_config
+from vaelab.config.schema import load_config
 
 PRESET_DESCRIPTION = load_config("bernoulli_vae").description
 TINY = ["--epochs", "1", "--quiet", "--set", "train.steps_per_epoch=1", "--set", "model.hidden=[8]",

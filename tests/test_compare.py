@@ -1,4 +1,4 @@
-"""`vaelab compare` and vaelab.stats on run directories with known numbers, checked against numpy and scipy."""
+"""`vaelab compare` and vaelab.core.stats on run directories with known numbers, checked against numpy and scipy."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from vaelab.compare import compare, find_runs
-from vaelab.compare_html import epoch_band
-from vaelab.config import Config
-from vaelab.stats import combined_mc_se, mean_se, paired_difference
+from vaelab.config.schema import Config
+from vaelab.core.stats import combined_mc_se, mean_se, paired_difference
+from vaelab.experiments.compare import compare, find_runs
+from vaelab.experiments.compare_html import epoch_band
 
 # per (estimator, seed): test ELBO, IW log-lik., its MC s.e., KL, rec
 NUMBERS = {
@@ -112,7 +112,7 @@ def test_compare_table_json_and_html(sweep_dir, tmp_path):
 
 
 def test_curves_are_mean_and_se_across_seeds(sweep_dir):
-    from vaelab.compare import group, grouping_keys, load_run
+    from vaelab.experiments.compare import group, grouping_keys, load_run
 
     runs = [load_run(p) for p in find_runs([sweep_dir])]
     settings = group(runs, grouping_keys(runs, []))

@@ -9,8 +9,8 @@ import json
 
 import yaml
 
-from vaelab.compare import compare
-from vaelab.config import Config
+from vaelab.config.schema import Config
+from vaelab.experiments.compare import compare
 
 SECTIONS = ("data", "model", "estimator", "train", "eval")
 

@@ -1,7 +1,7 @@
 import pytest
 
-from vaelab.config import Config, config_from_yaml_text, load_config
-from vaelab.errors import VaelabError
+from vaelab.config.schema import Config, config_from_yaml_text, load_config
+from vaelab.core.errors import VaelabError
 
 
 def test_preset_loads_and_round_trips():
@@ -44,9 +44,9 @@ def test_missing_and_invalid_yaml(tmp_path):
 @pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").rglob("*.yaml")), ids=str)
 def test_every_shipped_preset_is_valid(path):
     """Each preset loads strictly and names a registered latent family, estimator and network."""
-    from vaelab.estimators import ESTIMATORS
-    from vaelab.latents import LATENTS
-    from vaelab.nets import NETS
+    from vaelab.estimators.pathwise import ESTIMATORS
+    from vaelab.models.latents import LATENTS
+    from vaelab.models.nets import NETS
 
     cfg = load_config(path)
     assert cfg.model.latent in LATENTS and cfg.estimator.name in ESTIMATORS and cfg.model.nets in NETS

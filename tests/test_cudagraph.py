@@ -14,9 +14,9 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from vaelab import cudagraph
-from vaelab.errors import VaelabError
-from vaelab.train import train
+from vaelab.core.errors import VaelabError
+from vaelab.training import cudagraph
+from vaelab.training.trainer import train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 GRAPHED = ("train.cuda_graph=true",)

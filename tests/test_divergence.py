@@ -12,11 +12,11 @@ import pytest
 import torch
 from hostile_helpers import CONFIG, SMALL, mutate_weights, poison_weight
 
-import vaelab.train as train_module
-from vaelab.cli import main
-from vaelab.errors import VaelabError
-from vaelab.lifecycle import has_checkpoint
-from vaelab.run_files import first_nonfinite, open_run, read_checkpoint, save_checkpoint
+import vaelab.training.trainer as train_module
+from vaelab.cli.main import main
+from vaelab.core.errors import VaelabError
+from vaelab.runs.lifecycle import has_checkpoint
+from vaelab.runs.run_files import first_nonfinite, open_run, read_checkpoint, save_checkpoint
 
 BLOWUP = ["--set", "train.lr=1e300", "--set", "train.steps_per_epoch=1"]
 PRESETS = ["gaussian_vae", "bernoulli_vae", "ae_gmm"]
@@ -127,7 +127,7 @@ def test_evaluate_refuses_weights_that_overflow(tmp_path, capsys):
 def test_stacked_divergence_writes_no_checkpoint(tmp_path, capsys):
     from conftest import tiny_config
 
-    from vaelab.stacked import train_stacked
+    from vaelab.training.stacked import train_stacked
 
     runs = [tmp_path / "s0", tmp_path / "s1"]
     cfg = tiny_config("train.lr=1e300", "train.steps_per_epoch=1", "model.hidden=[16]", "model.latent_dim=2")

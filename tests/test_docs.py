@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vaelab.cli import parser
+from vaelab.cli.main import parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md"))

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab.config import load_config
-from vaelab.errors import VaelabError
-from vaelab.estimators import ESTIMATORS, build_estimator
-from vaelab.exact import all_codes
-from vaelab.gradvar import estimator_grads, exact_grad, objective_of, warm_up
-from vaelab.latents import LATENTS, BernoulliLatent
-from vaelab.model import VAE, build_model
-from vaelab.score_function import VIMCO
+from vaelab.config.schema import load_config
+from vaelab.core.errors import VaelabError
+from vaelab.estimators.pathwise import ESTIMATORS, build_estimator
+from vaelab.estimators.score_function import VIMCO
+from vaelab.evaluation.exact import all_codes
+from vaelab.evaluation.gradvar import estimator_grads, exact_grad, objective_of, warm_up
+from vaelab.models.latents import LATENTS, BernoulliLatent
+from vaelab.models.vae import VAE, build_model
 
 P, D, B = 16, 3, 4                 # pixels, latent bits, examples
 GROUPS, REPLICAS = 200, 25         # 200 rows, each the mean of 25 independent draws: 5000 draws per estimator

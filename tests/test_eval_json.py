@@ -6,7 +6,7 @@ import json
 
 from conftest import tiny_config
 
-from vaelab.train import train
+from vaelab.training.trainer import train
 
 
 def test_eval_json_describes_the_run_and_replaces_stale_estimates(cli, tmp_path):

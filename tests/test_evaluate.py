@@ -2,9 +2,9 @@
 
 import torch
 
-from vaelab.config import ModelConfig
-from vaelab.evaluate import elbo_terms, iw_loglik, summarize
-from vaelab.model import build_model
+from vaelab.config.schema import ModelConfig
+from vaelab.evaluation.bounds import elbo_terms, iw_loglik, summarize
+from vaelab.models.vae import build_model
 
 
 def tiny_model(latent="gaussian"):
@@ -36,7 +36,7 @@ def test_iw_bound_above_elbo_on_average_and_increasing_in_k():
 
 def test_chunked_estimate_matches_a_plain_loop(monkeypatch):
     """13 short chunks agree with a plain all-at-once reference within the reference's Monte Carlo error."""
-    from vaelab import hardware
+    from vaelab.runtime import hardware
 
     model = tiny_model()
     x = torch.bernoulli(torch.full((6, 20), 0.5, dtype=torch.float64))
@@ -62,7 +62,7 @@ def test_monte_carlo_standard_error_matches_the_spread_of_independent_repeats():
     """The delta-method MC error of the test-set mean IW estimate against the empirical standard deviation of
     400 independent re-estimates (the spread of 400 repeats is known to ~4%; the delta method runs ~10% high at
     K = 100 on this model, so the ratio must lie in [0.8, 1.3])."""
-    from vaelab.evaluate import iw_loglik_terms
+    from vaelab.evaluation.bounds import iw_loglik_terms
 
     model = tiny_model()
     x = torch.bernoulli(torch.full((25, 20), 0.3, dtype=torch.float64))

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vaelab import exact
-from vaelab.config import ModelConfig
-from vaelab.errors import VaelabError
-from vaelab.model import build_model
-from vaelab.run_files import open_run
+from vaelab.config.schema import ModelConfig
+from vaelab.core.errors import VaelabError
+from vaelab.evaluation import exact
+from vaelab.models.vae import build_model
+from vaelab.runs.run_files import open_run
 
 TINY = ["--data", "digits", "--epochs", "1", "--quiet", "--device", "cpu", "--set", "train.steps_per_epoch=2",
         "--set", "model.hidden=[8]"]
@@ -42,7 +42,7 @@ def test_confirmation_needed_only_above_two_to_the_sixteen_codes():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two tiny Bernoulli runs on digits: 4 latent bits (cheap to enumerate) and 17 (above the 2^16 threshold)."""
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     root = tmp_path_factory.mktemp("exact")
     for dim in (4, 17):

@@ -1,4 +1,4 @@
-"""Faults at deterministic points (vaelab.faults): stop signals, kills before the first checkpoint, a full disk in
+"""Faults at deterministic points (vaelab.core.faults): stop signals, kills before the first checkpoint, a full disk in
 the middle of a checkpoint, two writers on one run directory, stale locks. No test waits on the clock: a process
 stops, kills or signals itself at a named point (VAELAB_FAULT=POINT:N[:SIG]), and the test reads what it left."""
 
@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 from tensorboard_helpers import scalars as tb_scalars
 
-from vaelab import faults
-from vaelab.lifecycle import LOCK_FILE
-from vaelab.run_files import read_checkpoint
+from vaelab.core import faults
+from vaelab.runs.lifecycle import LOCK_FILE
+from vaelab.runs.run_files import read_checkpoint
 
 CONFIG = "configs/gaussian_vae.yaml"
 ARGS = ["--data", "digits", "--quiet", "--device", "cpu", "--set", "train.epochs=2", "--set", "model.hidden=[16]",
@@ -57,7 +57,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
     """The uninterrupted run every interrupted one must equal, bit for bit."""
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     out = tmp_path_factory.mktemp("faults") / "straight"
     assert main(["train", CONFIG, "--out", str(out), *ARGS]) == 0

@@ -10,10 +10,10 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 from tensorboard_helpers import scalars
 
-from vaelab.errors import VaelabError
-from vaelab.gradvar import GradMoments, estimator_grads, training_grad_stats
-from vaelab.run_files import build, prepare_data
-from vaelab.train import train
+from vaelab.core.errors import VaelabError
+from vaelab.evaluation.gradvar import GradMoments, estimator_grads, training_grad_stats
+from vaelab.runs.run_files import build, prepare_data
+from vaelab.training.trainer import train
 
 BERNOULLI = ("model.latent=bernoulli", "estimator.name=disarm", "model.latent_dim=6", "train.epochs=2")
 

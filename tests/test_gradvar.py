@@ -12,16 +12,16 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli
 
-from vaelab import exact as exact_mod
-from vaelab import gradvar as gradvar_mod
-from vaelab.config import load_config
-from vaelab.errors import VaelabError
-from vaelab.estimators import build_estimator
-from vaelab.evaluate import iw_loglik
-from vaelab.exact import check_enumerable, exact_elbo, exact_iw_bound, exact_loglik
-from vaelab.gradvar import diagnose, exact_grad, format_table
-from vaelab.latents import BernoulliLatent
-from vaelab.model import VAE, build_model
+from vaelab.config.schema import load_config
+from vaelab.core.errors import VaelabError
+from vaelab.estimators.pathwise import build_estimator
+from vaelab.evaluation import exact as exact_mod
+from vaelab.evaluation import gradvar as gradvar_mod
+from vaelab.evaluation.bounds import iw_loglik
+from vaelab.evaluation.exact import check_enumerable, exact_elbo, exact_iw_bound, exact_loglik
+from vaelab.evaluation.gradvar import diagnose, exact_grad, format_table
+from vaelab.models.latents import BernoulliLatent
+from vaelab.models.vae import VAE, build_model
 
 P = 16
 

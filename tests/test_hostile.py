@@ -2,7 +2,7 @@
 every file and folder in the case's workspace as it was (sha256 of each file), and no marker file written by a
 pickle or YAML payload.
 
-Cases run in-process through `vaelab.cli.main`, except the optimizer-shape cases (run in a subprocess: a regression
+Cases run in-process through `vaelab.cli.main.main`, except the optimizer-shape cases (run in a subprocess: a regression
 there corrupts the heap rather than raising). Read-only directories: a 0555 directory, and the command in its own
 process; root ignores permission bits, so as root that process runs through util-linux `setpriv` without
 CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (still uid 0, so it reads the tree it runs from wherever that is); as
@@ -65,7 +65,7 @@ from hostile_helpers import (
     zip_members,
 )
 
-from vaelab.cli import main
+from vaelab.cli.main import main
 
 LAUGHS = [b"a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
     b"%c: &%c [%s]" % (c, c, b", ".join([b"*%c" % p] * 9)) for p, c in zip(b"abcdefgh", b"bcdefghi", strict=True)]
@@ -368,7 +368,7 @@ def test_the_table_is_large_and_covers_every_group():
 def test_an_array_larger_than_half_the_memory_is_refused_before_it_is_read(workspace, cli, monkeypatch):
     """The size check uses the header and the zip directory only: with 'memory' of 1 KiB, a 1.3 KiB member is
     refused although its bytes are all there."""
-    monkeypatch.setattr("vaelab.npz._memory_bytes", lambda: 1024)
+    monkeypatch.setattr("vaelab.data.npz._memory_bytes", lambda: 1024)
     np.savez(workspace / "d.npz", **{k: v for k, v in zip(("x_train", "y_train", "x_test", "y_test"), (
         np.zeros((20, 16), np.float32), np.zeros(20, np.int64), np.zeros((5, 16), np.float32),
         np.zeros(5, np.int64)), strict=True)})
@@ -380,9 +380,9 @@ def test_batch_smaller_than_the_processes_of_a_torchrun_job_is_refused(tmp_path)
     """Checked once the job's size is known, before data, model or files (a fake 4-process context)."""
     from conftest import tiny_config
 
-    from vaelab.distributed import Context
-    from vaelab.errors import VaelabError
-    from vaelab.train import _train
+    from vaelab.core.errors import VaelabError
+    from vaelab.runtime.distributed import Context
+    from vaelab.training.trainer import _train
 
     with pytest.raises(VaelabError, match="train.batch_size = 2 is smaller than the 4 processes"):
         _train(tiny_config("train.batch_size=2"), tmp_path / "run", Context(0, 4, torch.device("cpu")), None,

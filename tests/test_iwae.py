@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from vaelab.errors import VaelabError
-from vaelab.estimators import IWAE, build_estimator
-from vaelab.model import build_model
+from vaelab.core.errors import VaelabError
+from vaelab.estimators.pathwise import IWAE, build_estimator
+from vaelab.models.vae import build_model
 
 
 def gaussian_model(latent: str = "gaussian"):

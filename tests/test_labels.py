@@ -26,14 +26,14 @@ import scipy.io
 import torch
 
 import vaelab
-from vaelab import sources
-from vaelab.classifier import DigitCNN, load_classifier, save_classifier
-from vaelab.data import NO_LABEL, known_labels, load_splits
-from vaelab.errors import VaelabError
-from vaelab.figures_latent import coloured_by, plot_embeddings, scatter_digits
-from vaelab.report_inputs import prepare_report_inputs
-from vaelab.reproduce import Settings, Stage, analyse_stage
-from vaelab.sources import Original, load_dataset
+from vaelab.core.errors import VaelabError
+from vaelab.data import sources
+from vaelab.data.datasets import NO_LABEL, known_labels, load_splits
+from vaelab.data.sources import Original, load_dataset
+from vaelab.evaluation.classifier import DigitCNN, load_classifier, save_classifier
+from vaelab.experiments.reproduce import Settings, Stage, analyse_stage
+from vaelab.report.inputs import prepare_report_inputs
+from vaelab.viz.latent_figures import coloured_by, plot_embeddings, scatter_digits
 
 SIZES = (40, 10, 12)   # train / valid / test of the shrunk benchmark sets
 TINY = ("--set", "model.hidden=[16]", "--set", "train.batch_size=32", "--epochs", "1", "--device", "cpu", "--quiet")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, kl_divergence
 
-from vaelab.latents import LATENTS, BernoulliLatent, GaussianLatent
+from vaelab.models.latents import LATENTS, BernoulliLatent, GaussianLatent
 
 
 def test_gaussian_kl_matches_torch():
@@ -53,7 +53,7 @@ def test_every_family_gives_batch_and_event_shapes(name):
 
 
 def test_bernoulli_image_log_prob_matches_torch_including_extreme_logits():
-    from vaelab.model import BernoulliImage
+    from vaelab.models.vae import BernoulliImage
 
     logits = torch.cat([torch.randn(3, 4, 50, dtype=torch.float64) * 5,
                         torch.full((3, 4, 2), 60.0, dtype=torch.float64),

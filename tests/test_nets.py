@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from vaelab.errors import VaelabError
-from vaelab.model import build_model
-from vaelab.nets import NETS, conv_sizes
-from vaelab.run_files import build, prepare_data
+from vaelab.core.errors import VaelabError
+from vaelab.models.nets import NETS, conv_sizes
+from vaelab.models.vae import build_model
+from vaelab.runs.run_files import build, prepare_data
 
 
 @pytest.mark.parametrize("shape, channels", [((28, 28), [32, 64]), ((8, 8), [8, 16]), ((7, 9), [4, 8, 8]),
@@ -78,8 +78,8 @@ def test_conv_vae_trains_on_digits():
 
 
 def test_demean_input_feeds_the_encoder_x_minus_the_training_mean():
-    from vaelab.config import ModelConfig
-    from vaelab.model import build_model
+    from vaelab.config.schema import ModelConfig
+    from vaelab.models.vae import build_model
 
     mean = torch.rand(64)
     torch.manual_seed(3)

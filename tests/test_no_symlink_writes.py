@@ -3,7 +3,7 @@
 Table-driven: each case plants a link to a file outside the run (or a dangling link to a path outside it), runs one
 command in-process and checks the outside file is byte-identical (the dangling target still absent) and that the
 command either refused in one line (exit 2, "is a symbolic link") or replaced the link with its own file (the
-temp-file-then-rename writes of vaelab.atomic): never followed it.
+temp-file-then-rename writes of vaelab.core.atomic): never followed it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pytest
 import yaml
 from hostile_helpers import CONFIG, SMALL
 
-from vaelab.atomic import atomic_write_text, open_append
-from vaelab.cli import main
-from vaelab.errors import VaelabError
-from vaelab.lifecycle import RunLock
+from vaelab.cli.main import main
+from vaelab.core.atomic import atomic_write_text, open_append
+from vaelab.core.errors import VaelabError
+from vaelab.runs.lifecycle import RunLock
 
 PRECIOUS = b"precious: not vaelab's to write\n"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from vaelab.errors import VaelabError
-from vaelab.optim import build_optimizers
-from vaelab.run_files import build, prepare_data
-from vaelab.train import train
+from vaelab.core.errors import VaelabError
+from vaelab.optim.optimizers import build_optimizers
+from vaelab.runs.run_files import build, prepare_data
+from vaelab.training.trainer import train
 
 BERNOULLI = ("model.latent=bernoulli", "estimator.name=disarm", "model.latent_kwargs={learn_prior: true}")
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from vaelab import cli
+from vaelab.cli import main as cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--data", "digits", "--epochs", "1", "--quiet", "--set", "model.hidden=[16]", "--set", "model.latent_dim=3",
@@ -102,8 +102,8 @@ def test_an_entry_point_plugin_loads_on_a_miss_and_the_run_records_it(tmp_path):
     site = tmp_path / "site"
     (site / "ep_demo-1.0.dist-info").mkdir(parents=True)
     (site / "ep_demo-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-demo\nVersion: 1.0\n")
-    (site / "ep_demo-1.0.dist-info" / "entry_points.txt").write_text("[vaelab.plugins]\ndemo = ep_nets\n")
-    (site / "ep_nets.py").write_text("import vaelab\nfrom vaelab.nets import mlp_pair\n"
+    (site / "ep_demo-1.0.dist-info" / "entry_points.txt").write_text("[vaelab.core.plugins]\ndemo = ep_nets\n")
+    (site / "ep_nets.py").write_text("import vaelab\nfrom vaelab.models.nets import mlp_pair\n"
                                      "vaelab.NETS.register('ep_mlp')(lambda *a: mlp_pair(*a))\n")
     proc = vaelab("train", "gaussian_vae", "--out", tmp_path / "run", "--set", "model.nets=ep_mlp", *TINY,
                   path=[site])
@@ -117,8 +117,8 @@ def test_an_entry_point_plugin_loads_on_a_miss_and_the_run_records_it(tmp_path):
 def test_the_example_estimator_is_the_reparameterization_elbo_in_expectation():
     """reparam_mc's Monte Carlo KL averages to the Gaussian's analytic KL (an independent closed form)."""
     code = ("import torch, tiny_plugin\n"
-            "from vaelab.model import build_model\nfrom vaelab.config import ModelConfig\n"
-            "from vaelab.estimators import build_estimator\n"
+            "from vaelab.models.vae import build_model\nfrom vaelab.config.schema import ModelConfig\n"
+            "from vaelab.estimators.pathwise import build_estimator\n"
             "torch.manual_seed(0)\n"
             "m = build_model(ModelConfig(nets='tiny_mlp', hidden=[8], latent_dim=3), 64, (8, 8), torch.rand(64))\n"
             "est = build_estimator('reparam_mc', {}, m)\n"
@@ -139,8 +139,8 @@ def test_command_of_skips_the_value_of_import():
 
 
 def test_compare_does_not_split_runs_written_before_plugins_existed(tmp_path):
-    from vaelab.compare import grouping_keys, load_run
-    from vaelab.config import Config
+    from vaelab.config.schema import Config
+    from vaelab.experiments.compare import grouping_keys, load_run
 
     new, old = Config().to_dict(), Config().to_dict()
     del old["plugins"]                                           # a config.yaml from before the key

@@ -12,15 +12,15 @@ from conftest import tiny_config
 from torch import nn
 from torch.distributions import Normal
 
-from vaelab.autoregressive import MADE
-from vaelab.errors import VaelabError
-from vaelab.estimators import ESTIMATORS, Reparam, build_estimator
-from vaelab.evaluate import elbo_terms, iw_loglik
-from vaelab.latents import LATENTS, AutoregressiveBernoulliLatent, GaussianIAFLatent
-from vaelab.model import VAE, build_model
-from vaelab.run_files import open_run
-from vaelab.sampling import reconstruct
-from vaelab.train import train
+from vaelab.core.errors import VaelabError
+from vaelab.estimators.pathwise import ESTIMATORS, Reparam, build_estimator
+from vaelab.evaluation.bounds import elbo_terms, iw_loglik
+from vaelab.models.autoregressive import MADE
+from vaelab.models.latents import LATENTS, AutoregressiveBernoulliLatent, GaussianIAFLatent
+from vaelab.models.sampling import reconstruct
+from vaelab.models.vae import VAE, build_model
+from vaelab.runs.run_files import open_run
+from vaelab.training.trainer import train
 
 
 def randomized(family: torch.nn.Module, std: float = 0.7) -> torch.nn.Module:

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from vaelab import density
-from vaelab.progress import bar, stage
+from vaelab.core.progress import bar, stage
+from vaelab.models import density
 
 TINY_RUN = ["--data", "digits", "--epochs", "1", "--quiet", "--set", "train.steps_per_epoch=2",
             "--set", "model.hidden=[16]", "--set", "model.latent_dim=4", "--device", "cpu"]
@@ -26,7 +26,7 @@ train: {batch_size: 8}
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     out = tmp_path_factory.mktemp("progress") / "run"
     assert main(["train", "gaussian_vae", "--out", str(out), *TINY_RUN]) == 0
@@ -98,8 +98,8 @@ def test_gradvar_reports_each_estimator(cli, tmp_path):
 
 
 def test_quality_scores_report_their_stages(capsys, tmp_path):
-    from vaelab.classifier import DigitCNN, load_classifier, save_classifier
-    from vaelab.quality import quality_scores
+    from vaelab.evaluation.classifier import DigitCNN, load_classifier, save_classifier
+    from vaelab.evaluation.quality import quality_scores
 
     save_classifier(DigitCNN((8, 8)), tmp_path / "c.safetensors", {"data": "digits"})
     net = load_classifier(tmp_path / "c.safetensors")

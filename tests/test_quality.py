@@ -12,9 +12,9 @@ import scipy.spatial.distance
 import torch
 from safetensors.torch import save_file
 
-from vaelab.classifier import DigitCNN, load_classifier, save_classifier, train_classifier
-from vaelab.errors import VaelabError
-from vaelab.quality import digit_coverage, frechet_distance, precision_recall, quality_scores
+from vaelab.core.errors import VaelabError
+from vaelab.evaluation.classifier import DigitCNN, load_classifier, save_classifier, train_classifier
+from vaelab.evaluation.quality import digit_coverage, frechet_distance, precision_recall, quality_scores
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,8 +69,8 @@ def test_digit_coverage_entropy_and_confidence():
 
 @pytest.fixture(scope="module")
 def mnist_test():
-    from vaelab.binarize import binarize
-    from vaelab.data import load_splits
+    from vaelab.data.binarize import binarize
+    from vaelab.data.datasets import load_splits
 
     splits = load_splits("mnist")
     gray = torch.from_numpy(splits.x_test)
@@ -140,7 +140,7 @@ def test_training_is_seeded():
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A 2-epoch Gaussian VAE on digits and a digits classifier (10 epochs, seconds), made through the CLI."""
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     root = tmp_path_factory.mktemp("quality")
     run, weights = root / "run", root / "digits_cnn.safetensors"
@@ -170,7 +170,7 @@ def test_cli_quality_on_digits(cli, digits_run):
 
 
 def test_cli_quality_with_a_fitted_mixture_prior(cli, digits_run, tmp_path):
-    density = pytest.importorskip("vaelab.density")
+    density = pytest.importorskip("vaelab.models.density")
     run, weights = tmp_path / "run", digits_run[1]
     shutil.copytree(digits_run[0], run)                                    # the other test needs it without one
     codes = np.random.default_rng(0).normal(size=(300, 4)) * 3.0           # a mixture far wider than N(0, I)

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vaelab import page, plots
-from vaelab.density import GMMDensity
-from vaelab.figures_latent import ELLIPSE_MASS, axis_limits, code_levels, draw_gmm, log_density_grid
-from vaelab.latent_map import JS, latent_map_html, write_latent_map
-from vaelab.plots import plt
+from vaelab.models.density import GMMDensity
+from vaelab.viz import html_page as page
+from vaelab.viz import plots
+from vaelab.viz.latent_figures import ELLIPSE_MASS, axis_limits, code_levels, draw_gmm, log_density_grid
+from vaelab.viz.latent_map import JS, latent_map_html, write_latent_map
+from vaelab.viz.plots import plt
 
 
 def two_blobs(seed: int = 0) -> np.ndarray:
@@ -108,8 +109,8 @@ def test_curves_plot_every_epoch_and_the_final_points(tmp_path, monkeypatch):
 
 
 def tiny_autoencoder():
-    from vaelab.config import load_config
-    from vaelab.run_files import build, prepare_data
+    from vaelab.config.schema import load_config
+    from vaelab.runs.run_files import build, prepare_data
 
     cfg = load_config("configs/ae_gmm.yaml", ["data.source=digits", "model.hidden=[16]"])
     data = prepare_data(cfg.data, torch.device("cpu"))
@@ -155,7 +156,7 @@ def test_latent_map_sprite_tiles_are_the_decodes_of_their_codes(tmp_path):
 
 @pytest.mark.parametrize("n", [2, 5])
 def test_grid_codes_run_top_to_bottom_left_to_right(n):
-    from vaelab.latent_map import grid_codes
+    from vaelab.viz.latent_map import grid_codes
 
     z = grid_codes([(0.0, 1.0), (10.0, 20.0)], n).reshape(n, n, 2)
     np.testing.assert_allclose(z[0, :, 0], np.linspace(0, 1, n))
@@ -163,7 +164,7 @@ def test_grid_codes_run_top_to_bottom_left_to_right(n):
 
 
 def test_frechet_distances_show_three_significant_digits_and_rank_as_shown():
-    from vaelab.report_parts import fmt, shown, significant
+    from vaelab.report.tables import fmt, shown, significant
 
     assert [significant(v) for v in (0.012345, 1.2345, 12.345, 123.45, 1234.5, 9.996, 0.0)] == [
         "0.0123", "1.23", "12.3", "123", "1230", "10.0", "0.00"]
@@ -210,7 +211,7 @@ def eval_numbers(title: str, iw: float | None, **extra) -> dict:
 
 
 def test_findings_state_the_numbers_and_leave_out_what_is_missing():
-    from vaelab.report_findings import findings
+    from vaelab.report.findings import findings
 
     evals = {"G": eval_numbers("G", -30.0), "B": eval_numbers("B", -35.5, latent="bernoulli", estimator="sfe-avg"),
              "D": eval_numbers("D", -33.25, latent="bernoulli", estimator="disarm"),
@@ -243,8 +244,8 @@ def test_findings_state_the_numbers_and_leave_out_what_is_missing():
 def test_study_report_has_findings_from_its_numbers_a_toc_and_its_counts(tmp_path_factory):
     from test_reproduce import build_study
 
-    from vaelab.report_parts import SHORT
-    from vaelab.reproduce import STUDY
+    from vaelab.experiments.reproduce import STUDY
+    from vaelab.report.tables import SHORT
 
     study = build_study(tmp_path_factory)
     html, md = (study / "report.html").read_text(), (study / "report.md").read_text()

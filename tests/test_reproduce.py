@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from test_report import assert_sprite_is_the_decoder
 
-from vaelab.report_inputs import GRADVAR, GRADVAR_ESTIMATORS
-from vaelab.report_parts import SHORT
-from vaelab.reproduce import STUDY, Settings, reproduce
-from vaelab.run_files import open_run, read_checkpoint
+from vaelab.experiments.reproduce import STUDY, Settings, reproduce
+from vaelab.report.inputs import GRADVAR, GRADVAR_ESTIMATORS
+from vaelab.report.tables import SHORT
+from vaelab.runs.run_files import open_run, read_checkpoint
 
 pytestmark = pytest.mark.slow
 ARGS = dict(quick=True, data="digits", epochs=2, device="cpu", iw_samples=20)
@@ -124,7 +124,7 @@ def test_rerun_skips_finished_runs(study, capsys):
 
 def test_interrupted_study_resumes_the_unfinished_run(tmp_path, monkeypatch, capsys):
     """Stop the study inside the third model's second epoch, then rerun: it resumes that run at epoch 2."""
-    import vaelab.train as train_mod
+    import vaelab.training.trainer as train_mod
 
     real_epoch = train_mod.train_epoch
     calls = {"n": 0}
@@ -150,7 +150,7 @@ def test_interrupted_study_resumes_the_unfinished_run(tmp_path, monkeypatch, cap
 
 
 def test_other_settings_on_an_existing_study_are_refused(study):
-    from vaelab.errors import VaelabError
+    from vaelab.core.errors import VaelabError
 
     with pytest.raises(VaelabError, match="other settings.*--force"):
         reproduce(Settings(study, **(ARGS | {"epochs": 3})))

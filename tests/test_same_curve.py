@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from test_compare import write_run
 
-from vaelab.compare import compare
+from vaelab.experiments.compare import compare
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "same_curve.py"
 

@@ -12,11 +12,11 @@ import torch
 from conftest import tiny_config
 from torch.distributions import Normal, kl_divergence
 
-from vaelab.config import load_config
-from vaelab.errors import VaelabError
-from vaelab.run_files import open_run
-from vaelab.schedules import kl_schedule, kl_weight, lr_schedule
-from vaelab.train import train
+from vaelab.config.schema import load_config
+from vaelab.core.errors import VaelabError
+from vaelab.optim.schedules import kl_schedule, kl_weight, lr_schedule
+from vaelab.runs.run_files import open_run
+from vaelab.training.trainer import train
 
 
 def test_empty_and_constant_schedules():
@@ -147,7 +147,7 @@ def test_learning_rate_schedule_drives_adam(tmp_path):
 
 def test_resumed_run_continues_the_learning_rate_schedule(tmp_path, monkeypatch):
     # interrupted in its third epoch, the run resumes there at gamma^2, not at the base rate
-    import vaelab.train as train_mod
+    import vaelab.training.trainer as train_mod
 
     real_epoch = train_mod.train_epoch
 
@@ -167,7 +167,7 @@ def test_resumed_run_continues_the_learning_rate_schedule(tmp_path, monkeypatch)
 
 def test_multistep_matches_torch_multisteplr():
     """kind multistep against torch's MultiStepLR stepped once an epoch (Pythae's 784-400-40 schedule)."""
-    from vaelab.schedules import lr_schedule
+    from vaelab.optim.schedules import lr_schedule
 
     gamma = 10 ** (-1 / 5)
     factor = lr_schedule({"kind": "multistep", "milestones": [200, 350], "gamma": gamma})
@@ -181,7 +181,7 @@ def test_multistep_matches_torch_multisteplr():
 
 def test_iwae_rounded_rates_are_the_authors():
     """yburda/iwae experiments.py: stage i (1..8) runs 3^(i-1) epochs at 1e-4 * round(10^(1-(i-1)/7), 1)."""
-    from vaelab.schedules import lr_schedule
+    from vaelab.optim.schedules import lr_schedule
 
     factor = lr_schedule({"kind": "iwae", "rounded": True})
     starts = [0, 1, 4, 13, 40, 121, 364, 1093]
@@ -195,8 +195,8 @@ def test_iwae_rounded_rates_are_the_authors():
                                   {"kind": "multistep", "milestones": [200], "gamma": 1.5},
                                   {"kind": "iwae", "rounded": "yes"}])
 def test_bad_lr_schedules_are_refused(spec):
-    from vaelab.errors import VaelabError
-    from vaelab.schedules import lr_schedule
+    from vaelab.core.errors import VaelabError
+    from vaelab.optim.schedules import lr_schedule
 
     with pytest.raises(VaelabError, match="train.lr_schedule"):
         lr_schedule(spec)

@@ -1,4 +1,4 @@
-"""Tests for vaelab.sources: the four benchmark sets, read from small files in their exact formats and served by a
+"""Tests for vaelab.data.sources: the four benchmark sets, read from small files in their exact formats and served by a
 local HTTP server on 127.0.0.1 (real downloads are not possible here)."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import scipy.io
 import torch
 from conftest import serve_folder
 
-from vaelab import sources
-from vaelab.binarize import binarize
-from vaelab.data import SPLIT_KEYS
-from vaelab.errors import VaelabError
-from vaelab.sources import MANIFEST, Original, load_source
+from vaelab.core.errors import VaelabError
+from vaelab.data import sources
+from vaelab.data.binarize import binarize
+from vaelab.data.datasets import SPLIT_KEYS
+from vaelab.data.sources import MANIFEST, Original, load_source
 
 
 @pytest.fixture
@@ -386,7 +386,7 @@ def test_vaelab_train_and_evaluate_on_a_named_source(www, tmp_path: Path, monkey
                        "--set", "model.hidden=[8]", "--set", "model.latent_dim=2", "--epochs", 1, "--out", run,
                        "--quiet")
     assert code == 0, err
-    from vaelab.run_files import open_run
+    from vaelab.runs.run_files import open_run
 
     opened = open_run(run, "cpu")
     np.testing.assert_array_equal(opened.data.x_test.numpy(), flat(xs[2]))   # binary already: used as served

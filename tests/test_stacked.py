@@ -11,12 +11,12 @@ import sys
 import pytest
 import yaml
 
-from vaelab.config import load_config
-from vaelab.errors import VaelabError
-from vaelab.estimators import ESTIMATORS
-from vaelab.run_files import read_checkpoint
-from vaelab.stacked import train_stacked
-from vaelab.train import train
+from vaelab.config.schema import load_config
+from vaelab.core.errors import VaelabError
+from vaelab.estimators.pathwise import ESTIMATORS
+from vaelab.runs.run_files import read_checkpoint
+from vaelab.training.stacked import train_stacked
+from vaelab.training.trainer import train
 
 TINY = ["data.source=digits", "train.epochs=2", "train.steps_per_epoch=4", "train.batch_size=16",
         "train.device=cpu", "model.hidden=[24]", "model.latent_dim=6"]

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 import vaelab
-from vaelab import cli, cli_list
+from vaelab.cli import listing as cli_list
+from vaelab.cli import main as cli
 
 PROBE = """
 import json, sys
-import vaelab.cli
+import vaelab.cli.main
 try:
-    code = vaelab.cli.main({argv!r})
+    code = vaelab.cli.main.main({argv!r})
 except SystemExit as exit:
     code = exit.code
 print(json.dumps({{"code": code, "torch": "torch" in sys.modules}}))
@@ -26,7 +27,7 @@ print(json.dumps({{"code": code, "torch": "torch" in sys.modules}}))
 
 
 def run_fresh(argv: list[str]) -> tuple[dict, str, str]:
-    """`vaelab.cli.main(argv)` in a new interpreter: ({code, torch imported?}, stdout before that line, stderr)."""
+    """`vaelab.cli.main.main(argv)` in a new interpreter: ({code, torch imported?}, stdout before that line, stderr)."""
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,
                           timeout=120, check=False)
     *out, last = proc.stdout.strip().splitlines()
@@ -56,7 +57,10 @@ def test_a_real_command_still_imports_what_it_needs():
 
 
 def test_every_public_name_loads_and_dir_shows_them():
-    from vaelab import api, config, estimators, latents
+    from vaelab import api
+    from vaelab.config import schema as config
+    from vaelab.estimators import pathwise as estimators
+    from vaelab.models import latents
 
     for name in vaelab.__all__:
         assert getattr(vaelab, name) is not None
@@ -73,18 +77,18 @@ def test_every_public_name_loads_and_dir_shows_them():
 def test_the_list_table_matches_the_live_registries():
     live = cli_list.live_tables()
     assert cli_list.listing(*live) == cli_list.listing(), (
-        "the registries changed: paste the output of `python -m vaelab.cli_list` over the tables in "
-        "src/vaelab/cli_list.py")
+        "the registries changed: paste the output of `python -m vaelab.cli.listing` over the tables in "
+        "src/vaelab/cli/listing.py")
     assert cli_list.tables_source(*live) in Path(cli_list.__file__).read_text()
-    from vaelab.config import presets
+    from vaelab.config.schema import presets
 
     assert cli_list.preset_names() == presets()
 
 
 def test_list_prints_the_registries(cli):
     code, out, _ = cli("list")
-    from vaelab.estimators import ESTIMATORS
-    from vaelab.latents import LATENTS
+    from vaelab.estimators.pathwise import ESTIMATORS
+    from vaelab.models.latents import LATENTS
 
     assert code == 0
     for name in [*LATENTS, *ESTIMATORS]:

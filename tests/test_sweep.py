@@ -14,9 +14,9 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from vaelab.errors import VaelabError
-from vaelab.sweep import Spec, run_name, sizing
-from vaelab.sweep_backends import Progress
+from vaelab.core.errors import VaelabError
+from vaelab.experiments.sweep import Spec, run_name, sizing
+from vaelab.experiments.sweep_backends import Progress
 
 TINY = {"data.source": "digits", "model.hidden": [32], "model.latent_dim": 4, "train.epochs": 2,
         "train.batch_size": 64, "train.device": "cpu"}     # 21 steps an epoch (1297 digits / 64)
@@ -100,7 +100,7 @@ def test_sizing_keeps_threads_times_workers_within_cores():
 
 
 def test_ray_backend_without_ray_is_a_clear_error(monkeypatch, tmp_path):
-    from vaelab.sweep_backends import run_ray
+    from vaelab.experiments.sweep_backends import run_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)        # `import ray` raises ImportError
     with pytest.raises(VaelabError, match=r"pip install 'vaelab\[ray\]'"):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from vaelab.cli import main
-from vaelab.config import load_config
-from vaelab.sweep import Spec, plan
-from vaelab.sweep_run import train_step
+from vaelab.cli.main import main
+from vaelab.config.schema import load_config
+from vaelab.experiments.sweep import Spec, plan
+from vaelab.experiments.sweep_run import train_step
 
 PRESET_TEXT = load_config("bernoulli_vae").description        # "... seed's SFE with running average"
 FIXED = {"data.source": "digits", "model.hidden": [8], "model.latent_dim": 3, "train.epochs": 1,

@@ -1,4 +1,4 @@
-"""A sweep run's steps in one process (issue 25): `python -m vaelab.sweep_worker STEPS` runs `vaelab STEP` after
+"""A sweep run's steps in one process (issue 25): `python -m vaelab.cli.sweep_worker STEPS` runs `vaelab STEP` after
 its log header, stops at the first failure with its exit code, and sweep_run names the step that failed from the
 headers. The whole sweep (train and evaluate in one process, SIGTERM, resume) is tests/test_sweep.py's."""
 
@@ -8,8 +8,8 @@ import json
 import subprocess
 import sys
 
-from vaelab.sweep_run import STEP_HEADER, _error_line
-from vaelab.sweep_worker import run_steps, worker_main
+from vaelab.cli.sweep_worker import run_steps, worker_main
+from vaelab.experiments.sweep_run import STEP_HEADER, _error_line
 
 
 def test_steps_run_in_order_and_the_first_failure_ends_them(capsys):
@@ -31,7 +31,7 @@ def test_bad_steps_are_one_line_errors(capsys):
 
 def test_the_worker_process_exits_with_the_failed_steps_code():
     steps = json.dumps([["list"], ["sample"]])          # `sample` without RUN: argparse refuses it, code 2
-    proc = subprocess.run([sys.executable, "-m", "vaelab.sweep_worker", steps], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "vaelab.cli.sweep_worker", steps], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 2 and "presets (vaelab train NAME)" in proc.stdout
     assert proc.stderr.startswith("vaelab: error: the following arguments are required: run")

@@ -13,12 +13,12 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from vaelab.errors import VaelabError
-from vaelab.estimators import Reparam
-from vaelab.evaluate import elbo_terms
-from vaelab.metrics_log import MetricsSink
-from vaelab.run_files import open_run
-from vaelab.train import train
+from vaelab.core.errors import VaelabError
+from vaelab.estimators.pathwise import Reparam
+from vaelab.evaluation.bounds import elbo_terms
+from vaelab.runs.metrics_log import MetricsSink
+from vaelab.runs.run_files import open_run
+from vaelab.training.trainer import train
 
 
 def test_200_steps_on_digits_lower_minus_elbo(tmp_path):
@@ -95,13 +95,13 @@ STEPS_PER_EPOCH = 163   # 1297 training digits in batches of 8
     ("checkpoint.moved-old:2", 2),
 ])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, fault, epochs_kept):
-    """The process kills itself at a fixed point (vaelab.faults), so the test does not depend on timing."""
+    """The process kills itself at a fixed point (vaelab.core.faults), so the test does not depend on timing."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_cmd(straight), check=True, env=env, timeout=600)
     proc = subprocess.run(_train_cmd(killed), env=env | {"VAELAB_FAULT": fault}, timeout=600)
     assert proc.returncode == -signal.SIGKILL
-    from vaelab.run_files import read_checkpoint
+    from vaelab.runs.run_files import read_checkpoint
     assert read_checkpoint(killed)[2]["epoch"] == epochs_kept
     subprocess.run([sys.executable, "-m", "vaelab", "train", "--resume", str(killed), "--quiet"],
                    check=True, env=env, timeout=600)
@@ -131,7 +131,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
     # resuming the good run into a poisoned epoch 2 fails and leaves epoch 1's checkpoint as it was
     state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)
     assert state["epoch"] == 1
-    from vaelab import run_files as run_mod
+    from vaelab.runs import run_files as run_mod
     real_read = run_mod.read_checkpoint
 
     def read_with_two_epochs(path):
@@ -139,7 +139,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
         c.train.epochs = 2
         return c, t, s
 
-    monkeypatch.setattr("vaelab.lifecycle.read_checkpoint", read_with_two_epochs)
+    monkeypatch.setattr("vaelab.runs.lifecycle.read_checkpoint", read_with_two_epochs)
     with pytest.raises(VaelabError, match="diverged in epoch 2.*last good checkpoint \\(of epoch 1\\) is kept"):
         train(None, run_dir, resume=True, quiet=True)
     assert (run_dir / "checkpoint" / "model.safetensors").read_bytes() == good

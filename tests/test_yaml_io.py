@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vaelab import yaml_io
-from vaelab.errors import VaelabError
+from vaelab.core import yaml_io
+from vaelab.core.errors import VaelabError
 
 LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
@@ -86,7 +86,7 @@ def test_read_mapping_names_the_file_and_the_fix(tmp_path, content, fragment):
 def test_yaml_io_is_the_only_caller_of_safe_load():
     """Every yaml.safe_load / yaml.load call in src/vaelab is in yaml_io.py."""
     callers = set()
-    for path in (Path(__file__).resolve().parents[1] / "src" / "vaelab").glob("*.py"):
+    for path in (Path(__file__).resolve().parents[1] / "src" / "vaelab").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in ("safe_load", "load", "full_load", "unsafe_load") \
                     and isinstance(node.value, ast.Name) and node.value.id == "yaml":
@@ -174,7 +174,7 @@ def test_a_torn_grad_stats_line_does_not_stop_a_resume(tmp_path, capsys):
     """grad_stats.jsonl is appended in place: a crash can leave its last line unfinished; --resume drops it."""
     from hostile_helpers import CONFIG, SMALL
 
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     out = tmp_path / "run"
     assert main(["train", CONFIG, "--data", "digits", "--out", str(out), *SMALL, "--set", "train.grad_stats_every=5",

@@ -20,7 +20,7 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
 
 def cli_reference() -> str:
     """Markdown: `vaelab --help`, then each command's help, in the order `vaelab --help` lists them."""
-    from vaelab.cli import parser
+    from vaelab.cli.main import parser
 
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"             # argparse wraps at the terminal width: fix it for the page

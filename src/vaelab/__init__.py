@@ -12,24 +12,26 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .provenance import __version__ as __version__  # one definition, below every module that reports it
+from vaelab.core.provenance import __version__ as __version__  # one definition, below every module that reports it
 
 if TYPE_CHECKING:   # the same names, for type checkers and editors
+    from vaelab.config.schema import Config, load_config
+    from vaelab.core.errors import VaelabError
+    from vaelab.estimators.base import ESTIMATORS, Estimate, Estimator
+    from vaelab.evaluation.bounds import elbo_terms, evaluate_model, iw_loglik
+    from vaelab.models.latents import LATENTS, LatentFamily
+    from vaelab.models.nets import NETS
+    from vaelab.models.vae import VAE, build_model
+
     from .api import ArgumentError, ArgumentTypeError, Run, fit, load
-    from .config import Config, load_config
-    from .errors import VaelabError
-    from .estimators import ESTIMATORS, Estimate, Estimator
-    from .evaluate import elbo_terms, evaluate_model, iw_loglik
-    from .latents import LATENTS, LatentFamily
-    from .model import VAE, build_model
-    from .nets import NETS
 
 # public name -> the module that defines it
 _HOME = {"fit": "api", "load": "api", "Run": "api", "ArgumentError": "api", "ArgumentTypeError": "api",
-         "Config": "config", "load_config": "config",
-         "VaelabError": "errors", "ESTIMATORS": "estimators", "Estimate": "estimators", "Estimator": "estimators",
-         "elbo_terms": "evaluate", "evaluate_model": "evaluate", "iw_loglik": "evaluate", "LATENTS": "latents",
-         "LatentFamily": "latents", "VAE": "model", "build_model": "model", "NETS": "nets"}
+         "Config": "config.schema", "load_config": "config.schema", "VaelabError": "core.errors",
+         "ESTIMATORS": "estimators.base", "Estimate": "estimators.base", "Estimator": "estimators.base",
+         "elbo_terms": "evaluation.bounds", "evaluate_model": "evaluation.bounds", "iw_loglik": "evaluation.bounds",
+         "LATENTS": "models.latents", "LatentFamily": "models.latents", "VAE": "models.vae",
+         "build_model": "models.vae", "NETS": "models.nets"}
 
 __all__ = ["fit", "load", "Run", "ArgumentError", "ArgumentTypeError",
            "Config", "load_config", "VaelabError", "ESTIMATORS", "Estimate", "Estimator",
@@ -38,7 +40,7 @@ __all__ = ["fit", "load", "Run", "ArgumentError", "ArgumentTypeError",
 
 def __getattr__(name: str) -> Any:
     """A public name, imported from its module on first use and kept; AttributeError for any other name (so
-    `from vaelab import density` still finds the submodule)."""
+    `from vaelab import models` still finds the subpackage)."""
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

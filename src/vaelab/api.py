@@ -32,16 +32,16 @@ import yaml
 from safetensors import safe_open
 from torch import Tensor
 
-from . import yaml_io
-from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from .checks import IW_SAMPLES_MAX, SEED_MAX, check_count, check_output_file
-from .cli_args import IMAGE_EXTENSIONS, SAMPLE_N_MAX
-from .config import Config, config_from_values, config_from_yaml_text, load_config
-from .data import load_splits
-from .errors import VaelabError, did_you_mean
-from .lifecycle import check_run_dir
-from .run_files import LoadedRun, open_run
-from .train import train
+from vaelab.cli.args import IMAGE_EXTENSIONS, SAMPLE_N_MAX
+from vaelab.config.checks import IW_SAMPLES_MAX, SEED_MAX, check_count, check_output_file
+from vaelab.config.schema import Config, config_from_values, config_from_yaml_text, load_config
+from vaelab.core import yaml_io
+from vaelab.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from vaelab.core.errors import VaelabError, did_you_mean
+from vaelab.data.datasets import load_splits
+from vaelab.runs.lifecycle import check_run_dir
+from vaelab.runs.run_files import LoadedRun, open_run
+from vaelab.training.trainer import train
 
 SHORTCUTS = {"data": "data.source", "estimator": "estimator.name", "latent": "model.latent", "epochs": "train.epochs",
              "seed": "train.seed", "device": "train.device", "lr": "train.lr"}
@@ -235,7 +235,7 @@ class Run:
 
     def reconstruct(self, x: Any, mode: str = "probs", seed: int = 0) -> Tensor:
         """Images [N, P] decoded from the posterior mean codes of x; mode probs | threshold | bernoulli."""
-        from .sampling import DECODE_MODES, reconstruct
+        from vaelab.models.sampling import DECODE_MODES, reconstruct
 
         _choice_arg("mode", mode, tuple(DECODE_MODES))
         seed = _int_arg("seed", seed, 0, SEED_MAX)
@@ -247,15 +247,15 @@ class Run:
         """Per-example log p(x) estimates [N] in nats: the importance-weighted bound log (1/k) sum_k p(x, z_k) /
         q(z_k|x) of `vaelab evaluate` (k = 1: a one-sample ELBO; it tightens as k grows). x: binary images.
         An autoencoder uses its fitted mixture (`fit_density` first) and the proposal `vaelab evaluate` uses."""
-        from .evaluate import iw_loglik
+        from vaelab.evaluation.bounds import iw_loglik
 
         k = _int_arg("k", k, 1, IW_SAMPLES_MAX)
         seed = _int_arg("seed", seed, 0, SEED_MAX)
         x = self._images(x, binary=True)
         model, proposal = self.model, None
         if model.is_autoencoder:
-            from .ae_likelihood import PROPOSAL_FIT_IMAGES, WithPrior, fit_proposal
-            from .density import load_run_density
+            from vaelab.evaluation.ae_likelihood import PROPOSAL_FIT_IMAGES, WithPrior, fit_proposal
+            from vaelab.models.density import load_run_density
 
             model = WithPrior(model, load_run_density(self.path).to_torch(self.loaded.device))
             proposal = fit_proposal(model, self.data.x_valid[:PROPOSAL_FIT_IMAGES], seed=seed)[0]
@@ -264,7 +264,7 @@ class Run:
 
     def evaluate(self, iw_samples: int | None = None, exact: bool = False) -> dict[str, Any]:
         """Test ELBO, KL, reconstruction and the IW log-likelihood with its Monte Carlo error (also eval.json)."""
-        from .run_tasks import evaluate_run
+        from vaelab.evaluation.run_eval import evaluate_run
 
         if iw_samples is not None:
             iw_samples = _int_arg("iw_samples", iw_samples, 0, IW_SAMPLES_MAX)
@@ -273,8 +273,8 @@ class Run:
     def sample(self, n: int = 100, mode: str = "bernoulli", prior: str | None = None, seed: int = 0) -> Tensor:
         """n images [n, P] decoded from prior codes: mode bernoulli | threshold | probs; prior normal | gmm.
         `n` from 1 to 10,000 and `seed` in 0..2^63-1, as `vaelab sample` takes them."""
-        from .run_tasks import sampling_prior
-        from .sampling import DECODE_MODES, sample
+        from vaelab.evaluation.run_eval import sampling_prior
+        from vaelab.models.sampling import DECODE_MODES, sample
 
         n = _int_arg("n", n, 1, SAMPLE_N_MAX, " of one call")
         seed = _int_arg("seed", seed, 0, SEED_MAX)
@@ -288,8 +288,8 @@ class Run:
                   seed: int = 0) -> Path:
         """Save n prior samples as one image grid at `path` (.png, .jpg, .pdf or .svg), as `vaelab sample --out`;
         `sample`'s arguments. Returns the path."""
-        from .run_tasks import sample_grid
-        from .sampling import DECODE_MODES
+        from vaelab.evaluation.run_eval import sample_grid
+        from vaelab.models.sampling import DECODE_MODES
 
         n = _int_arg("n", n, 1, SAMPLE_N_MAX, " of one call")
         seed = _int_arg("seed", seed, 0, SEED_MAX)
@@ -301,7 +301,7 @@ class Run:
 
     def fit_density(self, components: int | str = 20, covariance: str = "full", seed: int = 0):
         """Fit a Gaussian mixture to the training codes (K by BIC with "auto"); returns the GMMDensity."""
-        from .run_tasks import fit_run_density
+        from vaelab.evaluation.run_eval import fit_run_density
 
         return fit_run_density(self.loaded, self.path, _plain(components), covariance, seed)[0]
 
@@ -310,7 +310,7 @@ class Run:
         """Sample-quality scores (also eval.json), as `vaelab quality`: with the shipped MNIST classifier for runs
         on mnist or mnist-static, else with `classifier`, a file of `vaelab classifier train --data SOURCE` for
         the run's own data; any other pairing raises a VaelabError naming both data sets."""
-        from .run_tasks import quality_run
+        from vaelab.evaluation.run_eval import quality_run
 
         return quality_run(self.loaded, self.path, _plain(n), mode, prior,
                            None if classifier is None else str(classifier))

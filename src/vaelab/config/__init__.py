@@ -1,0 +1,2 @@
+"""The run specification: the config dataclasses and presets (`schema`) and their checks against every
+registry (`checks`), before anything is built or written."""
