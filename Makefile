@@ -8,7 +8,7 @@ DEMO ?= reports/quick
 BROWSERS := chromium chromium-browser google-chrome
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test docs docs-serve browser-test venv clean-demo
+.PHONY: demo test test-fast docs docs-serve browser-test venv clean-demo
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: venv
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/pytest
 	$(MAKE) docs
+
+# While you work: everything but the tests marked slow (training runs, the study, browsers); `make test` runs all.
+test-fast: venv
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/pytest -m "not slow"
 
 # The documentation site (mkdocs.yml, docs/): build/site/index.html. --strict turns every warning (a broken link, a
 # missing page, an API name mkdocstrings cannot find) into an error, as CI builds it.

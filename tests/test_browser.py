@@ -10,27 +10,15 @@ matter if the browser hangs. Skipped, with the reason, when no browser or no Pla
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-from test_reproduce import build_study
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)
-HANG = 120_000   # ms: only a hung browser takes this long
+from helpers import BROWSER, BROWSERS, HANG, artifact_dir, build_study
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(BROWSER is None, reason=f"no browser on PATH (looked for {', '.join(BROWSERS)}); "
                                  "`make browser-test` installs Chromium and runs this test")]
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
-
-
-def artifact_dir() -> Path:
-    out = Path(os.environ.get("VAELAB_ARTIFACTS", Path(__file__).resolve().parents[1] / "reports" / "test-artifacts"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 @pytest.fixture(scope="module")

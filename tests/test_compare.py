@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import yaml
+from helpers import write_run
 from scipy import stats as sps
 
-from vaelab.config.schema import Config
 from vaelab.core.stats import combined_mc_se, mean_se, paired_difference
 from vaelab.experiments.compare import compare, find_runs
 from vaelab.experiments.compare_html import epoch_band
@@ -25,27 +25,6 @@ NUMBERS = {
     ("iwae", 2): (-98.9, -94.2, 0.02, 21.0, -77.9),
     ("iwae", 3): (-97.0, -93.0, 0.05, 23.0, -74.0),   # no reparam twin: in the mean, not in the paired rows
 }
-
-
-def write_run(path, estimator, seed, numbers, provenance=True, epochs=3, config=True, **extra):
-    """A run directory as `vaelab train` + `vaelab evaluate` leave it."""
-    path.mkdir(parents=True)
-    cfg = Config()
-    cfg.estimator.name, cfg.train.seed, cfg.train.epochs, cfg.data.source = estimator, seed, epochs, "digits"
-    if config:
-        (path / "config.yaml").write_text(cfg.to_yaml())
-    rows = [{"epoch": e, "train_elbo": -120.0 + e + seed, "valid_elbo": -118.0 + e + 2 * seed, "train_kl": 10.0 + e,
-             "valid_kl": 11.0 + e, "train_rec": -110.0 + e, "valid_rec": -109.0 + e, "seconds": 2.0 + seed}
-            for e in range(1, epochs + 1)]
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elbo, iw, mc, kl, rec = numbers
-    ev = {"elbo": elbo, "elbo_stderr": 0.5, "iw_loglik": iw, "iw_loglik_stderr": 0.4, "kl": kl, "rec": rec,
-          "iw_samples": 100, "n_examples": 250}
-    if provenance:
-        ev |= {"config_name": "run", "latent": "gaussian", "estimator": estimator, "seed": seed, "epochs_trained":
-               epochs, "steps_trained": 21 * epochs, "data": "digits", "binarize": "dynamic",
-               "vaelab_version": "0.1.0", "git_commit": "abc1234", "iw_loglik_mc_stderr": mc}
-    (path / "eval.json").write_text(json.dumps(ev | extra))
 
 
 @pytest.fixture

@@ -5,26 +5,17 @@ repository, and the README stays short."""
 from __future__ import annotations
 
 import html as html_lib
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import build_site
 
 from vaelab.cli.main import parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-
-
-def build_site(out: Path) -> subprocess.CompletedProcess:
-    """`mkdocs build --strict` of the repository's mkdocs.yml into `out` (the same build `make docs` runs)."""
-    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env=os.environ | {"NO_MKDOCS_2_WARNING": "1"})
 
 
 @pytest.fixture(scope="module")

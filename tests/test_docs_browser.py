@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import serve_folder
-from test_browser import BROWSER, BROWSERS, HANG, artifact_dir
-from test_docs import build_site
+from helpers import BROWSER, BROWSERS, HANG, artifact_dir, build_site
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(BROWSER is None, reason=f"no browser on PATH (looked for {', '.join(BROWSERS)}); "

@@ -170,7 +170,7 @@ def test_cli_quality_on_digits(cli, digits_run):
 
 
 def test_cli_quality_with_a_fitted_mixture_prior(cli, digits_run, tmp_path):
-    density = pytest.importorskip("vaelab.models.density")
+    from vaelab.models import density
     run, weights = tmp_path / "run", digits_run[1]
     shutil.copytree(digits_run[0], run)                                    # the other test needs it without one
     codes = np.random.default_rng(0).normal(size=(300, 4)) * 3.0           # a mixture far wider than N(0, I)

@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import assert_sprite_is_the_decoder
 from PIL import Image
 
 from vaelab.models.density import GMMDensity
@@ -118,29 +119,6 @@ def tiny_autoencoder():
     return model.eval(), data
 
 
-def sprite_tiles(html: str) -> tuple[dict, np.ndarray]:
-    """The latent map's data attributes and its sprite as floats in [0, 1], from the HTML."""
-    attrs = dict(re.findall(r'data-(n|x|y|box)="([^"]+)"', re.search(r'<figure class="latent-map[^>]*>', html)[0]))
-    sprite = re.search(r'class="lm-sprite"[^>]*src="data:image/png;base64,([^"]+)"', html)[1]
-    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(sprite))), dtype=np.float64) / 255
-    return attrs, image
-
-
-def assert_sprite_is_the_decoder(model, html: str) -> None:
-    """Every tile (r, c) equals omega at z = (x0 + c (x1 - x0)/(n - 1), y1 - r (y1 - y0)/(n - 1)), to 8 bits."""
-    attrs, image = sprite_tiles(html)
-    n = int(attrs["n"])
-    (x0, x1), (y0, y1) = (map(float, attrs[k].split(",")) for k in "xy")
-    h, w = model.image_shape
-    assert image.shape == (n * h, n * w)
-    cells = [(0, 0), (0, n - 1), (n - 1, 0), (n // 2, n // 3), (n - 1, n - 1)]
-    z = torch.tensor([[x0 + c * (x1 - x0) / (n - 1), y1 - r * (y1 - y0) / (n - 1)] for r, c in cells])
-    omega = model.decode_probs(z.float()).numpy().reshape(len(cells), h, w)
-    for (r, c), expected in zip(cells, omega, strict=True):
-        np.testing.assert_allclose(image[r * h:(r + 1) * h, c * w:(c + 1) * w], expected, atol=0.5 / 255 + 1e-6)
-    assert len({image[r * h:(r + 1) * h, c * w:(c + 1) * w].tobytes() for r, c in cells}) > 1   # not one tile
-
-
 def test_latent_map_sprite_tiles_are_the_decodes_of_their_codes(tmp_path):
     model, data = tiny_autoencoder()
     with torch.no_grad():
@@ -242,7 +220,7 @@ def test_findings_state_the_numbers_and_leave_out_what_is_missing():
 
 @pytest.mark.slow
 def test_study_report_has_findings_from_its_numbers_a_toc_and_its_counts(tmp_path_factory):
-    from test_reproduce import build_study
+    from helpers import build_study
 
     from vaelab.experiments.reproduce import STUDY
     from vaelab.report.tables import SHORT

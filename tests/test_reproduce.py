@@ -8,13 +8,12 @@ import base64
 import io
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ARGS, assert_sprite_is_the_decoder, build_study
 from PIL import Image
-from test_report import assert_sprite_is_the_decoder
 
 from vaelab.experiments.reproduce import STUDY, Settings, reproduce
 from vaelab.report.inputs import GRADVAR, GRADVAR_ESTIMATORS
@@ -22,18 +21,9 @@ from vaelab.report.tables import SHORT
 from vaelab.runs.run_files import open_run, read_checkpoint
 
 pytestmark = pytest.mark.slow
-ARGS = dict(quick=True, data="digits", epochs=2, device="cpu", iw_samples=20)
 LABELS = ["Figure 1", "Figure 2", "Figure 4", "Figure 5", "Figure 4b", "Figure 5b", "Figure 7", "Figure 8",
           "Figure 9", "Figure 9b", "Figure 10", "Figure 11", "Figure A", "Figure B", "Figure D",
           *[f"Figure E{i}" for i in range(1, len(STUDY) + 1)]]
-
-
-def build_study(tmp_path_factory) -> Path:
-    """The digits study of ARGS in the session's temp folder, shared by the modules that read it: whoever comes
-    second finds every stage done, so its call only rewrites the report."""
-    out = tmp_path_factory.getbasetemp() / "study"
-    reproduce(Settings(out, **ARGS))
-    return out
 
 
 def assert_real_png(data: bytes) -> None:

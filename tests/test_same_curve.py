@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from test_compare import write_run
+from helpers import write_run
 
 from vaelab.experiments.compare import compare
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from vaelab.core.provenance import __version__ as __version__  # one definition, below every module that reports it
 
 if TYPE_CHECKING:   # the same names, for type checkers and editors
+    from vaelab.api import ArgumentError, ArgumentTypeError, Run, fit, load
     from vaelab.config.schema import Config, load_config
     from vaelab.core.errors import VaelabError
     from vaelab.estimators.base import ESTIMATORS, Estimate, Estimator
@@ -22,8 +23,6 @@ if TYPE_CHECKING:   # the same names, for type checkers and editors
     from vaelab.models.latents import LATENTS, LatentFamily
     from vaelab.models.nets import NETS
     from vaelab.models.vae import VAE, build_model
-
-    from .api import ArgumentError, ArgumentTypeError, Run, fit, load
 
 # public name -> the module that defines it
 _HOME = {"fit": "api", "load": "api", "Run": "api", "ArgumentError": "api", "ArgumentTypeError": "api",

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, RelaxedBernoulli
 
 from vaelab.core.errors import VaelabError, check_number
+from vaelab.estimators import score_function  # noqa: F401  (registers sfe, sfe-avg, nvil, rloo, vimco)
 from vaelab.estimators.base import (
     ESTIMATORS,
     Estimate,
@@ -29,8 +30,6 @@ from vaelab.estimators.base import (
 )
 from vaelab.models.nets import ACTIVATIONS
 from vaelab.models.vae import VAE
-
-from . import score_function  # noqa: F401  (registers sfe, sfe-avg, nvil, rloo, vimco)
 
 
 @ESTIMATORS.register("reparam")
