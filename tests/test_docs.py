@@ -74,3 +74,15 @@ def test_readme_is_short_and_speaks_to_the_reader():
     for phrase in ("shared/seed", "lent GPU", "could not be read here", "on this 2-core CPU", "3 min 31 s"):
         assert phrase not in text, phrase
     assert "## Results beside the papers" in text and "make demo" in text and "make test" in text
+
+
+def test_the_package_description_has_no_link_into_the_source_tree():
+    """The wheel's long description (pyproject's `readme`) is shown on the package index, where a relative link
+    leads nowhere: every link in it is absolute, and the file ships in the source distribution's root."""
+    import tomllib
+
+    readme = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["readme"]
+    text = (ROOT / readme).read_text()
+    relative = [t for t in LINK.findall(text) if not t.startswith(("http://", "https://", "#"))]
+    assert not relative, f"{readme} links into the source tree: {relative}"
+    assert "vaelab.fit(" in text and "vaelab train" in text
