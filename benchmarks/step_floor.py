@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab.config.schema import Config, load_config
-from vaelab.data.datasets import Splits
+from vaelab.data.splits import Splits
 from vaelab.optim.optimizers import build_optimizers
 from vaelab.optim.schedules import kl_schedule
 from vaelab.runs.run_files import build, prepare_data

@@ -28,8 +28,8 @@ import torch
 import vaelab
 from vaelab.core.errors import VaelabError
 from vaelab.data import sources
-from vaelab.data.datasets import NO_LABEL, known_labels, load_splits
 from vaelab.data.sources import Original, load_dataset
+from vaelab.data.splits import NO_LABEL, known_labels
 from vaelab.evaluation.classifier import DigitCNN, load_classifier, save_classifier
 from vaelab.experiments.reproduce import Settings, Stage, analyse_stage
 from vaelab.report.inputs import prepare_report_inputs
@@ -78,14 +78,14 @@ def place(name: str, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_npz_labels_are_optional_but_checked_when_given(tmp_path: Path):
-    splits = load_splits(write_unlabeled(tmp_path / "u.npz"))
+    splits = load_dataset(write_unlabeled(tmp_path / "u.npz"))
     assert (len(splits.x_train), len(splits.x_valid), len(splits.x_test)) == (90, 10, 12)
     for part in ("train", "valid", "test"):
         y = getattr(splits, f"y_{part}")
         assert y.dtype == np.int64 and y.shape == (len(getattr(splits, f"x_{part}")),) and (y == NO_LABEL).all()
         assert known_labels(y) is None
     x, y = np.zeros((5, 4), np.float32), np.arange(5)
-    labelled = load_splits(_save(tmp_path / "l.npz", x_train=x, y_train=y, x_test=x[:2], y_test=y[:2]))
+    labelled = load_dataset(_save(tmp_path / "l.npz", x_train=x, y_train=y, x_test=x[:2], y_test=y[:2]))
     np.testing.assert_array_equal(labelled.y_valid, [4])
     np.testing.assert_array_equal(known_labels(torch.from_numpy(labelled.y_train)), [0, 1, 2, 3])
     refused = [({"x_train": x, "y_train": y, "x_test": x}, r"has labels \['y_train'\] but not \['y_test'\]"),
@@ -95,7 +95,7 @@ def test_npz_labels_are_optional_but_checked_when_given(tmp_path: Path):
                ({"x_train": x, "y_train": y - 2, "x_test": x, "y_test": y}, "labels must be integers >= 0")]
     for i, (arrays, message) in enumerate(refused):
         with pytest.raises(VaelabError, match=message):
-            load_splits(_save(tmp_path / f"bad{i}.npz", **arrays))
+            load_dataset(_save(tmp_path / f"bad{i}.npz", **arrays))
 
 
 def _save(path: Path, **arrays: np.ndarray) -> str:

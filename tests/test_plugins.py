@@ -102,7 +102,7 @@ def test_an_entry_point_plugin_loads_on_a_miss_and_the_run_records_it(tmp_path):
     site = tmp_path / "site"
     (site / "ep_demo-1.0.dist-info").mkdir(parents=True)
     (site / "ep_demo-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-demo\nVersion: 1.0\n")
-    (site / "ep_demo-1.0.dist-info" / "entry_points.txt").write_text("[vaelab.core.plugins]\ndemo = ep_nets\n")
+    (site / "ep_demo-1.0.dist-info" / "entry_points.txt").write_text("[vaelab.plugins]\ndemo = ep_nets\n")
     (site / "ep_nets.py").write_text("import vaelab\nfrom vaelab.models.nets import mlp_pair\n"
                                      "vaelab.NETS.register('ep_mlp')(lambda *a: mlp_pair(*a))\n")
     proc = vaelab("train", "gaussian_vae", "--out", tmp_path / "run", "--set", "model.nets=ep_mlp", *TINY,

@@ -70,9 +70,9 @@ def test_digit_coverage_entropy_and_confidence():
 @pytest.fixture(scope="module")
 def mnist_test():
     from vaelab.data.binarize import binarize
-    from vaelab.data.datasets import load_splits
+    from vaelab.data.sources import load_dataset
 
-    splits = load_splits("mnist")
+    splits = load_dataset("mnist")
     gray = torch.from_numpy(splits.x_test)
     binary = binarize(gray, "dynamic", torch.Generator().manual_seed(0))
     return gray, binary, torch.from_numpy(splits.y_test)

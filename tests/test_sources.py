@@ -1,5 +1,5 @@
-"""Tests for vaelab.data.sources: the four benchmark sets, read from small files in their exact formats and served by a
-local HTTP server on 127.0.0.1 (real downloads are not possible here)."""
+"""Tests for vaelab.data.sources and catalog: the four benchmark sets, read from small files in their exact formats
+and served by a local HTTP server on 127.0.0.1 (real downloads are not possible here)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from conftest import serve_folder
 from vaelab.core.errors import VaelabError
 from vaelab.data import sources
 from vaelab.data.binarize import binarize
-from vaelab.data.datasets import SPLIT_KEYS
+from vaelab.data.readers import read_amat
 from vaelab.data.sources import MANIFEST, Original, load_source
+from vaelab.data.splits import SPLIT_KEYS
 
 
 @pytest.fixture
@@ -87,8 +88,8 @@ def check_splits(splits, name: str, sizes: tuple[int, int, int]) -> None:
 def test_amat_reader_on_a_hand_made_file(tmp_path: Path):
     path = tmp_path / "a.amat"
     path.write_text("0 1 0 1\n1 1 0 0\r\n\n")  # CRLF and a trailing blank line are tolerated
-    np.testing.assert_array_equal(sources._read_amat(path, width=4), [[0, 1, 0, 1], [1, 1, 0, 0]])
-    assert sources._read_amat(path, width=4).dtype == np.float32
+    np.testing.assert_array_equal(read_amat(path, width=4), [[0, 1, 0, 1], [1, 1, 0, 0]])
+    assert read_amat(path, width=4).dtype == np.float32
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -100,7 +101,7 @@ def test_amat_reader_on_a_hand_made_file(tmp_path: Path):
 def test_amat_reader_refuses_bad_files(tmp_path: Path, text: str, message: str):
     (tmp_path / "a.amat").write_text(text)
     with pytest.raises(ValueError, match=message):
-        sources._read_amat(tmp_path / "a.amat", width=4)
+        read_amat(tmp_path / "a.amat", width=4)
 
 
 def test_amat_layout_matches_the_published_file_sizes(tmp_path: Path):
@@ -356,22 +357,25 @@ def test_hand_placed_cache_is_validated_and_then_trusted(tmp_path: Path, monkeyp
 
 
 def test_unknown_name_suggests_the_closest():
-    with pytest.raises(VaelabError, match=r"unknown benchmark set 'omniglott': did you mean 'omniglot'\?"):
+    with pytest.raises(VaelabError, match=r"unknown data source 'omniglott': did you mean 'omniglot'\?"):
         load_source("omniglott")
 
 
 def test_sources_table():
-    assert list(sources.SOURCES) == ["mnist-static", "fashion-mnist", "omniglot", "caltech-silhouettes"]
+    assert list(sources.SOURCES) == ["mnist", "digits", "mnist-static", "fashion-mnist", "omniglot",
+                                     "caltech-silhouettes"]
     envs = [spec.url_env for spec in sources.SOURCES.values()]
-    assert envs == ["VAELAB_MNIST_STATIC_URL", "VAELAB_FASHION_MNIST_URL", "VAELAB_OMNIGLOT_URL",
-                    "VAELAB_CALTECH_SILHOUETTES_URL"]
+    assert envs == ["VAELAB_MNIST_URL", "VAELAB_DIGITS_URL", "VAELAB_MNIST_STATIC_URL", "VAELAB_FASHION_MNIST_URL",
+                    "VAELAB_OMNIGLOT_URL", "VAELAB_CALTECH_SILHOUETTES_URL"]
     for spec in sources.SOURCES.values():
-        assert spec.description and spec.origin and spec.base_url.endswith("/") and len(spec.sizes) == 3
+        assert spec.description and spec.origin and len(spec.sizes) == 3
+        assert spec.base_url.endswith("/") or not spec.files
         for original in spec.files:
             assert original.sha256 is None or re.fullmatch("[0-9a-f]{64}", original.sha256)
     assert sources.SOURCES["omniglot"].sizes == (23000, 1345, 8070)  # 24,345 training images, 8,070 test
     assert sources.SOURCES["caltech-silhouettes"].sizes == (4100, 2264, 2307)
-    assert [s.binary for s in sources.SOURCES.values()] == [True, False, False, True]
+    assert [s.binary for s in sources.SOURCES.values()] == [False, False, True, False, False, True]
+    assert [s.image_shape for s in sources.SOURCES.values()] == [(28, 28), (8, 8), *[(28, 28)] * 4]
 
 
 def test_vaelab_train_and_evaluate_on_a_named_source(www, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli):

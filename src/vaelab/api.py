@@ -38,7 +38,7 @@ from vaelab.config.schema import Config, config_from_values, config_from_yaml_te
 from vaelab.core import yaml_io
 from vaelab.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from vaelab.core.errors import VaelabError, did_you_mean
-from vaelab.data.datasets import load_splits
+from vaelab.data.sources import load_dataset
 from vaelab.runs.lifecycle import check_run_dir
 from vaelab.runs.run_files import LoadedRun, open_run
 from vaelab.training.trainer import train
@@ -159,7 +159,7 @@ def _hold_out_test(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def store_data(data: Any, run_dir: Path) -> Path:
-    """Check `data` arrays like a user .npz (`data.load_splits`: shapes, values in [0, 1], labels) and write them
+    """Check `data` arrays like a user .npz (`load_dataset`: shapes, values in [0, 1], labels) and write them
     as RUN/data.npz (atomically; nothing is written when they are refused). Returns the file's absolute path."""
     arrays = data_arrays(data)
     target = run_dir.resolve() / DATA_FILE
@@ -169,7 +169,7 @@ def store_data(data: Any, run_dir: Path) -> Path:
         with atomic_path(target) as tmp:
             np.savez(tmp, **arrays)
             with _as_argument_error((str(tmp), "data")):
-                load_splits(str(tmp))
+                load_dataset(str(tmp))
     except ArgumentError:
         if made:
             shutil.rmtree(run_dir, ignore_errors=True)

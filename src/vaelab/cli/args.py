@@ -27,10 +27,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def check_seed(flag: str, value: int | None) -> None:
-    """A `--seed` in 0..2^63-1 (None: not given)."""
-    from vaelab.config.checks import SEED_MAX, check_count
+    """A `--seed` in 0..2^63-1 (None: not given): config.checks.check_seed, the one seed check, worded as a count."""
+    from vaelab.config.checks import check_seed as check
 
-    check_count(flag, value, 0, SEED_MAX)
+    check(flag, value, count=True)
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:

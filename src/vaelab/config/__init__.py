@@ -1,2 +1,2 @@
-"""The run specification: the config dataclasses and presets (`schema`) and their checks against every
-registry (`checks`), before anything is built or written."""
+"""The run specification: the config dataclasses and presets (`schema`), their checks (`checks`) and the static
+tables of the names a config may use (`names`), all before anything is built or written and without torch."""

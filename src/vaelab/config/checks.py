@@ -1,13 +1,15 @@
 """Range checks of a whole Config, run before anything is built or written, and of command-line counts and paths.
 
-Each failure is a VaelabError naming the key, the value, what it must be and how to fix it. Checking a config
-needs every registry (data binarizations, latent families, networks, estimators) and the hardware options, so this
-module sits above them; config/schema.py calls `check_config` and `check_type`, and nothing below imports either.
+Each failure is a VaelabError naming the key, the value, what it must be and how to fix it. Nothing here imports
+torch: the names a config uses (latent family, network, estimator, binarization, activation, device, optimizer,
+compile mode) and the keyword arguments of vaelab's own classes are checked against config/names.py's static
+tables, the schedules by optim/schedules.py (which needs no torch). Only a name those tables do not hold, a
+plugin's, is looked up in the live registries, which then import torch. config/schema.py calls `check_config` and
+`check_type`.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import tempfile
 import types
@@ -15,17 +17,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from vaelab.core.errors import VaelabError, check_number, did_you_mean
+from vaelab.config import names
+from vaelab.core.errors import VaelabError, check_choice, check_number, did_you_mean
 from vaelab.core.plugins import entry_point_plugins, load_plugins, recorded
-from vaelab.data.binarize import BINARIZATIONS
-from vaelab.estimators.pathwise import ESTIMATORS
-from vaelab.models.latents import LATENTS
-from vaelab.models.nets import ACTIVATIONS, NETS
-from vaelab.optim.optimizers import check_param_groups
 from vaelab.optim.schedules import kl_schedule, lr_schedule
-from vaelab.runtime.hardware import check_device_name, check_options
 
 SEED_MAX = 2**63 - 1            # torch and numpy seeds: 0 .. 2^63-1
 SIZE_MAX = 65536                # the largest layer width, channel count or latent dimension accepted
@@ -44,15 +39,15 @@ def check_positive(where: str, value: Any, fix: str = "") -> None:
     check_number(where, value, 0, open_lo=True, fix=fix)
 
 
-def check_seed(where: str, value: Any) -> None:
-    check_int(where, value, 0, SEED_MAX, "give a seed in 0..2^63-1")
-
-
-def check_choice(where: str, value: Any, choices: typing.Iterable[str]) -> None:
-    choices = list(choices)
-    if value not in choices:
-        raise VaelabError(f"{where} = {value!r} is not known: {did_you_mean(value, choices)}choose one "
-                          f"of {', '.join(choices)}")
+def check_seed(where: str, value: Any, *, count: bool = False) -> None:
+    """The one seed check: torch's and numpy's seeds, 0..2^63-1 (SEED_MAX). A config key is worded as every config
+    number ("train.seed = -1 must be an integer in 0..9223372036854775807: give a seed in 0..2^63-1"); `count`: a
+    command-line flag or a Python API argument, worded as the other counts ("--seed -1: give a number from 0 to
+    9,223,372,036,854,775,807", `check_count`), None meaning not given."""
+    if count:
+        check_count(where, value, 0, SEED_MAX)
+    else:
+        check_int(where, value, 0, SEED_MAX, "give a seed in 0..2^63-1")
 
 
 def check_type(value: Any, tp: Any, where: str) -> Any:
@@ -85,34 +80,43 @@ def check_type(value: Any, tp: Any, where: str) -> Any:
     raise VaelabError(f"config key {where} = {value!r} is not a {getattr(tp, '__name__', tp)}: fix the value")
 
 
-def _init_parameters(cls: type) -> tuple[Any, dict[str, inspect.Parameter]] | None:
-    """The __init__ that builds `cls` (the first one below torch's nn.Module) and its keyword parameters (those
-    with defaults, which a config may set); None when it takes **kwargs (nothing can be checked)."""
-    for klass in cls.__mro__:
-        if klass in (torch.nn.Module, object):
-            return None, {}
-        if "__init__" in vars(klass):
-            params = inspect.signature(klass.__init__).parameters
-            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-                return None
-            return klass.__init__, {n: p for n, p in params.items() if p.default is not inspect.Parameter.empty}
-    return None, {}
+def _registry(kind: str) -> Any:
+    """The live registry of `kind` ("latent", "net", "estimator"): imports the registering modules, and torch."""
+    if kind == "latent":
+        from vaelab.models.latents import LATENTS as registry
+    elif kind == "net":
+        from vaelab.models.nets import NETS as registry
+    else:
+        from vaelab.estimators.pathwise import ESTIMATORS as registry
+    return registry
 
 
-def check_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
-    """Refuse keyword arguments `cls` does not take ("did you mean") and values of the wrong type: an int
-    parameter (a size or count) must be a positive integer, a float one a finite number."""
-    found = _init_parameters(cls)
-    if found is None:
+def _signature(kind: str, name: str) -> names.Signature:
+    """The keyword arguments registered class `name` takes: the static table's, else the live class's."""
+    table = names.LATENT_KWARGS if kind == "latent" else names.ESTIMATOR_KWARGS
+    return table[name] if name in table else names.signature_of(_registry(kind).get(name))
+
+
+def _discrete(latent: str) -> bool:
+    """Whether latent family `latent` draws binary codes: the static table's answer, else the live class's."""
+    if latent in names.static_names("latent"):
+        return latent in names.DISCRETE_LATENTS
+    return bool(_registry("latent").get(latent).discrete)
+
+
+def check_kwargs(signature: names.Signature, kwargs: dict[str, Any], where: str) -> None:
+    """Refuse keyword arguments a class does not take ("did you mean") and values of the wrong type: an int
+    parameter (a size or count) must be a positive integer, a float one a finite number. `signature`: the class's
+    (class name, {keyword: annotation}) from config/names.py; None (it takes **kwargs): nothing is checked."""
+    if signature is None:
         return
-    init, params = found
-    hints = typing.get_type_hints(init) if init is not None else {}
+    cls_name, params = signature
     for key, value in kwargs.items():
         if key not in params:
             hint = did_you_mean(key, params, f"{where}.", quote=False)
-            raise VaelabError(f"unknown key {where}.{key}: {hint}valid keys for {cls.__name__}: "
+            raise VaelabError(f"unknown key {where}.{key}: {hint}valid keys for {cls_name}: "
                               f"{', '.join(params) or 'none'}")
-        tp = hints.get(key, typing.Any)
+        tp = params[key]
         if tp is not typing.Any:
             check_type(value, tp, f"{where}.{key}")
         if isinstance(value, int) and not isinstance(value, bool) and int in typing.get_args(tp) + (tp,):
@@ -124,26 +128,62 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
 def _check_data(cfg: Any) -> None:
     if not isinstance(cfg.source, str) or not cfg.source.strip():
         raise VaelabError("data.source is empty: give mnist, digits or a path to a .npz file or IDX folder")
-    check_choice("data.binarize", cfg.binarize, BINARIZATIONS)
+    check_choice("data.binarize", cfg.binarize, names.BINARIZATIONS)
     check_seed("data.eval_seed", cfg.eval_seed)
     if cfg.valid_size is not None:
         check_int("data.valid_size", cfg.valid_size, 1, SIZE_MAX, "e.g. 400 (the IWAE code's split)")
 
 
 def _check_model(cfg: Any) -> None:
-    latent = LATENTS.get(cfg.latent)
-    NETS.get(cfg.nets)
     check_int("model.latent_dim", cfg.latent_dim, 1, SIZE_MAX)
     for i, size in enumerate(cfg.hidden):
         check_int(f"model.hidden[{i}]", size, 1, SIZE_MAX, "list positive layer sizes, e.g. [512, 256]")
-    check_choice("model.activation", cfg.activation, ACTIVATIONS)
+    check_choice("model.activation", cfg.activation, names.ACTIVATIONS)
     check_choice("model.decoder_bias", cfg.decoder_bias, DECODER_BIASES)
     check_choice("model.decoder_input", cfg.decoder_input, DECODER_INPUTS)
     check_choice("model.init", cfg.init, INITS)
-    if cfg.decoder_input == "centered" and not latent.discrete:
+    if cfg.decoder_input == "centered" and not _discrete(cfg.latent):
         raise VaelabError(f"model.decoder_input=centered maps binary codes to 2z - 1; latent {cfg.latent} is not "
                           "binary: set model.decoder_input=code")
-    check_kwargs(latent, cfg.latent_kwargs, "model.latent_kwargs")
+    check_kwargs(_signature("latent", cfg.latent), cfg.latent_kwargs, "model.latent_kwargs")
+
+
+def check_param_groups(groups: dict[str, Any]) -> None:
+    """train.param_groups: known groups, optimizers and settings (optim.optimizers.check_param_groups, which the
+    optimizers' build runs again, with config/names.py's copy of its tables)."""
+    for name, spec in groups.items():
+        if name not in names.PARAM_GROUPS:
+            raise VaelabError(f"train.param_groups.{name}: unknown group; choose from {', '.join(names.PARAM_GROUPS)}")
+        if not isinstance(spec, dict):
+            raise VaelabError(f"train.param_groups.{name} must be a mapping such as {{optimizer: sgd, lr: 0.01}}")
+        kind = spec.get("optimizer", "adam")
+        if kind not in names.OPTIMIZERS:
+            raise VaelabError(f"train.param_groups.{name}.optimizer={kind!r}: choose {', '.join(names.OPTIMIZERS)}")
+        unknown = set(spec) - set(names.GROUP_KEYS[kind])
+        if unknown:
+            raise VaelabError(f"train.param_groups.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                              f"for {kind}; valid: {', '.join(names.GROUP_KEYS[kind])}")
+        check_number(f"train.param_groups.{name}.lr", spec.get("lr", 1.0), 0, open_lo=True, fix="e.g. lr: 0.01")
+        betas = spec.get("betas", [0.9, 0.999])
+        if not (isinstance(betas, list | tuple) and len(betas) == 2):
+            raise VaelabError(f"train.param_groups.{name}.betas = {betas!r} must be two numbers in [0, 1): "
+                              "e.g. betas: [0.9, 0.999]")
+        for i, beta in enumerate(betas):
+            check_number(f"train.param_groups.{name}.betas[{i}]", beta, 0, 1, open_hi=True,
+                         fix="e.g. betas: [0.9, 0.999]")
+
+
+def _check_hardware(cfg: Any) -> None:
+    """train.device, train.compile_mode and train.autocast by name (runtime/hardware.py's wording); what the machine
+    itself supports (bf16 on this GPU) is checked where the run is built (hardware.check_options)."""
+    if not isinstance(cfg.device, str) or not names.DEVICE_PATTERN.fullmatch(cfg.device):
+        raise VaelabError(f"train.device = {cfg.device!r} is not a device vaelab runs on: use auto, cpu, cuda or "
+                          "cuda:N")
+    if cfg.compile_mode not in names.COMPILE_MODES:
+        raise VaelabError(f"train.compile_mode = {cfg.compile_mode!r} is not a torch.compile mode: use one of "
+                          + ", ".join(names.COMPILE_MODES))
+    if cfg.autocast is not None and cfg.autocast not in names.AUTOCASTS:
+        raise VaelabError(f"train.autocast = {cfg.autocast!r} is not supported: use bf16, or null for fp32")
 
 
 def _check_train(cfg: Any) -> None:
@@ -152,7 +192,6 @@ def _check_train(cfg: Any) -> None:
     check_positive("train.lr", cfg.lr, "e.g. train.lr=1e-3")
     check_positive("train.adam_eps", cfg.adam_eps, "e.g. train.adam_eps=1e-8")
     check_seed("train.seed", cfg.seed)
-    check_device_name("train.device", cfg.device)
     if cfg.grad_clip is not None:
         check_positive("train.grad_clip", cfg.grad_clip, "give a positive norm, or null for no clipping")
     if cfg.grad_stats_every is not None:
@@ -168,22 +207,29 @@ def _check_train(cfg: Any) -> None:
     check_param_groups(cfg.param_groups)
     lr_schedule(cfg.lr_schedule)
     kl_schedule(cfg.kl_weight, 1)
-    check_options(cfg.compile, cfg.autocast, torch.device("cpu"), cfg.compile_mode)
+    _check_hardware(cfg)
 
 
 def _check_plugins(cfg: Any) -> None:
-    """Import the config's plugin modules (core/plugins.py), then the entry-point plugins if a name is still unknown."""
+    """Import the config's plugin modules (core/plugins.py). When the latent family, network and estimator are
+    vaelab's own (config/names.py), that is all. Otherwise look them up in the live registries, importing the
+    entry-point plugins if one is still unknown, and add to `cfg.plugins` any module outside vaelab that
+    registered one (plugins.recorded)."""
     load_plugins(cfg.plugins)
-    used = ((LATENTS, cfg.model.latent), (NETS, cfg.model.nets), (ESTIMATORS, cfg.estimator.name))
-    if any(name not in registry for registry, name in used):
+    used = (("latent", cfg.model.latent), ("net", cfg.model.nets), ("estimator", cfg.estimator.name))
+    if all(name in names.static_names(kind) for kind, name in used):
+        return
+    registries = {kind: _registry(kind) for kind, _ in used}
+    if any(name not in registries[kind] for kind, name in used):
         entry_point_plugins()
-    for registry, name in used:
-        if name not in registry:
+    for kind, name in used:
+        if name not in registries[kind]:
             try:
-                registry.get(name)
+                registries[kind].get(name)
             except VaelabError as err:
                 raise VaelabError(f"{err}, or name the plugin module that registers it (plugins: [MODULE] in the "
                                   "config, or vaelab --import MODULE)") from err
+    cfg.plugins = recorded(cfg.plugins, (registries[kind].get(name) for kind, name in used))
 
 
 def check_config(cfg: Any) -> None:
@@ -195,9 +241,7 @@ def check_config(cfg: Any) -> None:
     _check_plugins(cfg)
     _check_data(cfg.data)
     _check_model(cfg.model)
-    check_kwargs(ESTIMATORS.get(cfg.estimator.name), cfg.estimator.kwargs, "estimator.kwargs")
-    cfg.plugins = recorded(cfg.plugins, (LATENTS.get(cfg.model.latent), NETS.get(cfg.model.nets),
-                                         ESTIMATORS.get(cfg.estimator.name)))
+    check_kwargs(_signature("estimator", cfg.estimator.name), cfg.estimator.kwargs, "estimator.kwargs")
     _check_train(cfg.train)
     check_int("eval.iw_samples", cfg.eval.iw_samples, 0, IW_SAMPLES_MAX, "0 skips the IW estimate")
     check_int("eval.batch_size", cfg.eval.batch_size, 1)

@@ -1,4 +1,7 @@
-"""Experiment configuration: nested dataclasses, strict YAML loading and `--set a.b=c` overrides (nanoGPT style)."""
+"""Experiment configuration: nested dataclasses, strict YAML loading and `--set a.b=c` overrides (nanoGPT style).
+
+A leaf: loading and checking a config imports no torch (config/checks.py), so `compare`, `sweep` and `--help` read
+configs at once; only a plugin's name, unknown to config/names.py, imports the live registries."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 import yaml
 
 from vaelab.config.checks import check_config, check_type
+from vaelab.config.names import PRESETS, presets
 from vaelab.core import yaml_io
 from vaelab.core.errors import VaelabError, did_you_mean
 
@@ -158,14 +162,6 @@ def parse_yaml_mapping(text: str, what: str, fix: str) -> dict[str, Any]:
         raise VaelabError(f"{what} must hold a mapping of sections (data:, model:, train:, ...), "
                           f"not a {type(values).__name__}: {fix}")
     return values
-
-
-PRESETS = Path(__file__).resolve().parents[1] / "configs"   # shipped with the package (package data)
-
-
-def presets() -> list[str]:
-    """The shipped preset names: "gaussian_vae", "literature/disarm_linear", ..."""
-    return sorted(str(p.relative_to(PRESETS).with_suffix("")) for p in PRESETS.rglob("*.yaml"))
 
 
 def resolve_preset(path: str | Path) -> Path:

@@ -1,11 +1,12 @@
-"""User-facing errors: one line that names the problem and the fix; the CLI exits 2 on them. Also the two pieces
-every check builds its line from: the one number validator (`check_number`) and the "did you mean" hint."""
+"""User-facing errors: one line that names the problem and the fix; the CLI exits 2 on them. Also the pieces every
+check builds its line from: the one number validator (`check_number`), the one choice validator (`check_choice`)
+and the "did you mean" hint."""
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -29,6 +30,18 @@ def did_you_mean(name: object, choices: Iterable[str], prefix: str = "", quote: 
         return ""
     shown = prefix + close[0]
     return f"did you mean {shown!r}? " if quote else f"did you mean {shown}? "
+
+
+def check_choice(where: str, value: Any, choices: Iterable[str] | Mapping[str, str]) -> Any:
+    """The one choice validator: `value` must be one of `choices`, else a VaelabError "WHERE = VALUE is not known:
+    did you mean 'x'? choose one of a, b". Given a mapping, each choice is listed with its words: "choose one of
+    rec (log p(x|z) ...), elbo (...)". Returns `value`."""
+    shown = [f"{c} ({choices[c]})" for c in choices] if isinstance(choices, Mapping) else list(choices)
+    names = list(choices)
+    if value not in names:
+        raise VaelabError(f"{where} = {value!r} is not known: {did_you_mean(value, names)}choose one of "
+                          f"{', '.join(shown)}")
+    return value
 
 
 def check_number(where: str, value: Any, lo: float | None = None, hi: float | None = None, *, integer: bool = False,

@@ -64,3 +64,11 @@ def check_npz(path: Path, names: tuple[str, ...] | None = None) -> None:
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             _check_member(zf, info, names)
+
+
+def read_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The members `keys` of an .npz file, read after `check_npz` passed (so nothing absurd is allocated and no
+    pickle is loaded). Raises ValueError, KeyError (a missing member), OSError or zipfile.BadZipFile."""
+    check_npz(path, keys)
+    with np.load(path, allow_pickle=False) as z:
+        return {key: z[key] for key in keys}

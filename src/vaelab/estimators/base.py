@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from vaelab.core.errors import VaelabError, check_number
+from vaelab.core.errors import check_choice, check_number
 from vaelab.core.registry import Registry
 from vaelab.models.vae import VAE
 
@@ -54,16 +54,14 @@ class MultiSample(Estimator):
         self.num_samples = num_samples
 
 
-SIGNALS = ("rec", "elbo")
+SIGNALS = {"rec": "log p(x|z) with the KL analytic",
+           "elbo": "log p(x|z) + log p(z) - log q(z|x), the DisARM reference's"}
 
 
 def check_signal(signal: str) -> str:
     """`estimator.kwargs.signal`: "rec" (log p(x|z), the KL analytic; vaelab's default) or "elbo" (the full
     one-sample ELBO, the learning signal of the DisARM reference code, google-research disarm/binary)."""
-    if signal not in SIGNALS:
-        raise VaelabError(f"estimator.kwargs.signal = {signal!r}: choose rec (log p(x|z) with the KL analytic) or "
-                          "elbo (log p(x|z) + log p(z) - log q(z|x), the DisARM reference's)")
-    return signal
+    return check_choice("estimator.kwargs.signal", signal, SIGNALS)
 
 
 def elbo_signal(model: VAE, q: Distribution, z: Tensor, x: Tensor, kl_weight: float | Tensor) -> Tensor:

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from vaelab.config.schema import DataConfig
 from vaelab.core.atomic import atomic_path
 from vaelab.core.errors import VaelabError
-from vaelab.data.datasets import Splits
 from vaelab.data.sources import load_dataset
+from vaelab.data.splits import Splits
 from vaelab.runs.run_files import prepare_data
 
 FORMAT = "vaelab-classifier-1"
@@ -45,7 +45,7 @@ MNIST_FAMILY = ("mnist", "mnist-static")   # the same digits: one classifier ser
 def data_identity(source: str) -> str:
     """What a data source is, for matching a classifier to a run: "mnist" for the MNIST digits however binarized
     (mnist, mnist-static), a named source's name, else the resolved path of the file or folder."""
-    from vaelab.data.datasets import SOURCES as DATA_SOURCES
+    from vaelab.data.catalog import SOURCES as DATA_SOURCES
     from vaelab.data.sources import SOURCES as BENCHMARKS
 
     if source in MNIST_FAMILY:

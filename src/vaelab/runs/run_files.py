@@ -29,7 +29,7 @@ from vaelab.core import faults
 from vaelab.core.atomic import atomic_write_text, fsync_write
 from vaelab.data.binarize import binarize, fixed_draw
 from vaelab.config.schema import Config, DataConfig, config_from_yaml_text
-from vaelab.data.datasets import Splits
+from vaelab.data.splits import Splits
 from vaelab.core.errors import VaelabError
 from vaelab.estimators.pathwise import Estimator, build_estimator
 from vaelab.runtime.hardware import resolve_device

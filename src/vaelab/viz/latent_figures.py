@@ -21,7 +21,7 @@ from matplotlib.patches import Ellipse  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from vaelab.core.errors import VaelabError  # noqa: E402
-from vaelab.data.datasets import NO_LABEL, known_labels  # noqa: E402
+from vaelab.data.splits import NO_LABEL, known_labels  # noqa: E402
 from vaelab.models.density import GMMDensity  # noqa: E402
 from vaelab.viz.plots import save_figure  # noqa: E402
 
