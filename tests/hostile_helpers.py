@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vaelab.cli.main import main
-from vaelab.runs.lifecycle import RunLock
+from vaelab.runs.run_dir import RunLock
 
 CONFIG = str(Path("configs/gaussian_vae.yaml").resolve())
 SMALL = ["--quiet", "--set", "train.epochs=1", "--set", "model.hidden=[16]", "--set", "model.latent_dim=2"]

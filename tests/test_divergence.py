@@ -48,20 +48,20 @@ def test_a_blown_up_first_epoch_writes_no_checkpoint(preset, tmp_path, capsys):
 
 
 def poison_epoch(epoch_to_poison: int, what: str, stop: bool = False):
-    """A train_epoch that, in epoch `epoch_to_poison` (1-based), leaves inf in the first parameter (`what` =
+    """An EpochLoop.run that, in epoch `epoch_to_poison` (1-based), leaves inf in the first parameter (`what` =
     "weight") or in its Adam second moment ("moment") after its last step; with `stop`, then stops as a signal
     would."""
-    real = train_module.train_epoch
+    real = train_module.EpochLoop.run
 
-    def fake(cfg, model, estimator, optim, data, gen, epoch, *args, **kwargs):
-        row = real(cfg, model, estimator, optim, data, gen, epoch, *args, **kwargs)
+    def fake(self, epoch, *args, **kwargs):
+        row = real(self, epoch, *args, **kwargs)
         if epoch + 1 == epoch_to_poison:
-            p = next(model.parameters())
-            target = p if what == "weight" else optim.optimizers[0].state[p]["exp_avg_sq"]
+            p = next(self.model.parameters())
+            target = p if what == "weight" else self.optim.optimizers[0].state[p]["exp_avg_sq"]
             with torch.no_grad():
                 target.view(-1)[0] = float("inf")
             if stop:
-                raise train_module.EpochStopped({"step": 1, "epoch_rng": gen.get_state(), "sums": [0.0] * 4,
+                raise train_module.EpochStopped({"step": 1, "epoch_rng": self.gen.get_state(), "sums": [0.0] * 4,
                                                  "beta_sum": 1.0, "seconds": 0.0})
         return row
     return fake
@@ -71,7 +71,7 @@ def poison_epoch(epoch_to_poison: int, what: str, stop: bool = False):
                          ids=["weight", "optimizer-moment", "weight-then-signal"])
 def test_a_later_divergence_keeps_the_last_finite_checkpoint(what, stop, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(train_module, "train_epoch", poison_epoch(2, what, stop))
+    monkeypatch.setattr(train_module.EpochLoop, "run", poison_epoch(2, what, stop))
     code, lines = run_cli(capsys, "train", CONFIG, "--data", "digits", "--out", out, *SMALL, "--epochs", "3")
     named = "in exp_avg_sq of model." if what == "moment" else "in model."
     one_error(code, lines, f"training diverged in epoch 2 (NaN or infinite values {named}")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tensorboard_helpers import scalars as tb_scalars
 
 from vaelab.core import faults
-from vaelab.runs.lifecycle import LOCK_FILE
+from vaelab.runs.run_dir import LOCK_FILE
 from vaelab.runs.run_files import read_checkpoint
 
 CONFIG = "configs/gaussian_vae.yaml"

@@ -21,7 +21,7 @@ from hostile_helpers import CONFIG, SMALL
 from vaelab.cli.main import main
 from vaelab.core.atomic import atomic_write_text, open_append
 from vaelab.core.errors import VaelabError
-from vaelab.runs.lifecycle import RunLock
+from vaelab.runs.run_dir import RunLock
 
 PRECIOUS = b"precious: not vaelab's to write\n"
 

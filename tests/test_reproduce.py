@@ -116,21 +116,21 @@ def test_interrupted_study_resumes_the_unfinished_run(tmp_path, monkeypatch, cap
     """Stop the study inside the third model's second epoch, then rerun: it resumes that run at epoch 2."""
     import vaelab.training.trainer as train_mod
 
-    real_epoch = train_mod.train_epoch
+    real_epoch = train_mod.EpochLoop.run
     calls = {"n": 0}
 
-    def dying_epoch(cfg, *args, **kwargs):
+    def dying_epoch(self, epoch, *args, **kwargs):
         calls["n"] += 1
-        if cfg.name == STUDY[2].name and args[5] == 1:     # epoch index 1 of the third model
+        if self.cfg.name == STUDY[2].name and epoch == 1:  # epoch index 1 of the third model
             raise KeyboardInterrupt
-        return real_epoch(cfg, *args, **kwargs)
+        return real_epoch(self, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_epoch", dying_epoch)
+    monkeypatch.setattr(train_mod.EpochLoop, "run", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
         reproduce(Settings(tmp_path, **ARGS))
     _, _, state = read_checkpoint(tmp_path / STUDY[2].name)
     assert state["epoch"] == 1 and not (tmp_path / STUDY[3].name).exists()
-    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    monkeypatch.setattr(train_mod.EpochLoop, "run", real_epoch)
     capsys.readouterr()
     reproduce(Settings(tmp_path, **ARGS))
     err = capsys.readouterr().err

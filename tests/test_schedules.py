@@ -149,18 +149,18 @@ def test_resumed_run_continues_the_learning_rate_schedule(tmp_path, monkeypatch)
     # interrupted in its third epoch, the run resumes there at gamma^2, not at the base rate
     import vaelab.training.trainer as train_mod
 
-    real_epoch = train_mod.train_epoch
+    real_epoch = train_mod.EpochLoop.run
 
-    def dying_epoch(cfg, *args, **kwargs):
-        if args[5] == 2:                                   # epoch index 2
+    def dying_epoch(self, epoch, *args, **kwargs):
+        if epoch == 2:                                     # epoch index 2
             raise KeyboardInterrupt
-        return real_epoch(cfg, *args, **kwargs)
+        return real_epoch(self, epoch, *args, **kwargs)
 
     cfg = tiny_config("train.epochs=3", "train.lr_schedule={kind: exponential, gamma: 0.5}")
-    monkeypatch.setattr(train_mod, "train_epoch", dying_epoch)
+    monkeypatch.setattr(train_mod.EpochLoop, "run", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run", quiet=True)
-    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    monkeypatch.setattr(train_mod.EpochLoop, "run", real_epoch)
     history = train(None, tmp_path / "run", resume=True, quiet=True)
     assert [r["lr"] for r in history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from vaelab.config.schema import load_config
@@ -129,3 +130,36 @@ def test_sweep_stack_trains_seeds_together_then_evaluates(tmp_path):
     for name in runs:                     # trained by the stack, not again by the sweep: one train log line
         assert (tmp_path / "sw" / name / "eval.json").is_file()
         assert "vaelab train" not in (tmp_path / "sw" / "logs" / f"{name}.log").read_text()
+
+
+def test_a_stacked_seeds_checkpoint_is_its_own_runs_state(tmp_path):
+    """Each seed's state.pt is the one its own `vaelab train` writes: the same entries, the same optimizer step count,
+    and its data and noise generators exactly where its own run leaves them (what `train --resume` continues from)."""
+    cfg = sgd_config("reparam")
+    train_stacked(cfg, [0, 3], [tmp_path / "s0", tmp_path / "s3"], quiet=True)
+    (_, _, stacked), (_, _, alone) = read_checkpoint(tmp_path / "s3"), separate(cfg, 3, tmp_path / "alone")
+    assert stacked.keys() == alone.keys() and stacked["epoch"] == alone["epoch"] == 2
+    assert torch.equal(stacked["data_rng"], alone["data_rng"]) and torch.equal(stacked["torch_rng"], alone["torch_rng"])
+    steps = [[s["step"] for s in o["state"].values()] for o in alone["optim"]["optimizers"]]
+    assert [[s["step"] for s in o["state"].values()] for o in stacked["optim"]["optimizers"]] == steps
+
+
+def test_a_stacked_loss_that_diverges_says_so_in_the_trainers_words(tmp_path, monkeypatch):
+    from vaelab.estimators.pathwise import Reparam
+    from vaelab.runs.lifecycle import has_checkpoint
+
+    real = Reparam.forward
+
+    def poisoned(self, model, x, kl_weight=1.0):
+        est = real(self, model, x, kl_weight)
+        est.loss = est.loss * float("nan")
+        return est
+
+    monkeypatch.setattr(Reparam, "forward", poisoned)
+    runs = [tmp_path / "s0", tmp_path / "s1"]
+    with pytest.raises(VaelabError) as err:
+        train_stacked(sgd_config("reparam"), [0, 1], runs, quiet=True)
+    assert str(err.value) == ("training diverged in epoch 1 (losses [nan, nan]): lower train.lr or set "
+                              "train.grad_clip, then rerun the same `vaelab stack` command (no checkpoint was "
+                              "written; it restarts the run)")
+    assert not any(has_checkpoint(r) for r in runs)

@@ -62,6 +62,34 @@ def test_tensorboard_holds_each_steps_batch_values_the_epoch_rows_and_the_hyperp
     assert [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] == history
 
 
+def test_an_epoch_is_a_plain_pytorch_loop_over_a_fresh_permutation(tmp_path):
+    """The trainer's epoch against the textbook loop written out here: its data generator binarizes the epoch, then
+    permutes it; train.steps_per_epoch batches of the permutation, each one Adam step on the estimator's loss; the
+    epoch's train_loss is the image-weighted mean of the batch losses."""
+    from vaelab.runs.run_files import build, prepare_data
+
+    cfg = tiny_config("train.epochs=1", "train.steps_per_epoch=5", "train.batch_size=50")
+    history = train(cfg, tmp_path / "run", quiet=True)
+    data = prepare_data(cfg.data, torch.device("cpu"))
+    model, estimator = build(cfg, data, torch.device("cpu"))         # seeded by train.seed, as `train` builds it
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    x_epoch = data.train_epoch_images(gen)                            # [N, P]
+    order = torch.randperm(len(x_epoch), generator=gen)
+    total, images = torch.zeros(()), 0
+    for idx in order.split(50)[:5]:
+        loss = estimator(model, x_epoch[idx], 1.0).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, images = total + loss.detach() * len(idx), images + len(idx)
+    assert history[0]["steps"] == 5 and history[0]["train_loss"] == pytest.approx((total / images).item(), rel=1e-6)
+    trained = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    mine = {f"model.{k}": v for k, v in model.state_dict().items()}
+    assert all(torch.allclose(trained[k], mine[k], rtol=1e-6, atol=1e-7) for k in mine if k in trained)
+    assert any(k in trained for k in mine)
+
+
 def test_batch_values_are_kept_every_log_every_steps(tmp_path):
     from tensorboard_helpers import scalars
 

@@ -7,7 +7,6 @@ Each takes an opened run (`run.open_run`) and its directory, and merges what it 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,26 +18,18 @@ from vaelab.core.errors import VaelabError
 from vaelab.core.progress import stage
 from vaelab.runs.best import BEST_DIR
 from vaelab.runs.metrics_log import log_test_metrics, steps_done
+from vaelab.runs.run_dir import RunDir
 from vaelab.runs.run_files import LoadedRun, write_json
 
 if TYPE_CHECKING:
     from vaelab.runtime.distributed import Context
 
 
-def read_eval(run_dir: str | Path) -> dict[str, Any]:
-    """RUN/eval.json, or {} when there is none or it is damaged (what evaluates next replaces it)."""
-    path = Path(run_dir) / "eval.json"
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    return values if isinstance(values, dict) else {}
-
-
 def merge_eval(run_dir: str | Path, values: dict[str, Any], keep: tuple[str, ...] | None = None) -> None:
     """Merge `values` into RUN/eval.json (atomic write); with `keep`, old fields are kept only when their names
-    start with one of those prefixes (a re-evaluation drops what it no longer computes)."""
-    old = read_eval(run_dir)
+    start with one of those prefixes (a re-evaluation drops what it no longer computes). A damaged eval.json
+    (`RunDir.eval`) counts as none: this write replaces it."""
+    old = RunDir(run_dir).eval()
     if keep is not None:
         old = {k: v for k, v in old.items() if k.startswith(keep)}
     write_json(Path(run_dir) / "eval.json", old | values)

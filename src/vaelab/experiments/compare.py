@@ -31,6 +31,7 @@ from vaelab.core.stats import SE_LABEL, combined_mc_se, mean_se, paired_differen
 from vaelab.experiments.compare_fixed import fixed_facts, fixed_sentence
 from vaelab.experiments.compare_html import CURVES, GRAD_CURVE, epoch_band, render_html, step_band
 from vaelab.runs.metrics_log import GRAD_STATS, read_jsonl
+from vaelab.runs.run_dir import RunDir
 
 METRICS = [("elbo", "test ELBO"), ("iw_loglik", "IW log-lik."), ("kl", "KL"), ("rec", "rec.")]
 QUALITY = [("fid_classifier_features", "FID (CNN features)"), ("precision", "precision"), ("recall", "recall"),
@@ -44,7 +45,6 @@ SECTIONS = ("data", "model", "estimator", "train", "eval")          # flattened 
 PROVENANCE = {"config_name": "name", "latent": "model.latent", "estimator": "estimator.name", "seed": "train.seed",
               "data": "data.source", "binarize": "data.binarize", "eval_seed": "data.eval_seed",
               "nets": "model.nets", "latent_dim": "model.latent_dim"}
-EVAL_NUMBERS = ("iw_loglik_mc_stderr", "train_seconds", "epochs_trained", "steps_trained")
 SKIP_DIRS = {"tb", "fig", "checkpoint", "checkpoint.old", "checkpoint.tmp", "logs", "configs", "best"}
 
 
@@ -118,23 +118,12 @@ def _read_json_lines(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path, f"delete it, or leave {path.parent} out of the paths compared")
 
 
-def _read_eval(path: Path) -> dict[str, Any]:
-    """RUN/eval.json, or {} when it is missing or unreadable (the run is then reported as not evaluated)."""
-    try:
-        ev = json.loads((path / "eval.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    bad = [k for k in (*dict(METRICS), *EVAL_NUMBERS) if isinstance(ev, dict) and (
-        isinstance(ev.get(k), bool) or not isinstance(ev.get(k), int | float | None))]
-    if bad:
-        raise VaelabError(f"{path}/eval.json has {bad[0]} = {ev[bad[0]]!r}, not a number: rerun `vaelab evaluate "
-                          f"{path}` to rewrite it")
-    return ev if isinstance(ev, dict) else {}
-
-
 def load_run(path: Path) -> Run:
-    """Read one run directory; eval.json's provenance fields win over config.yaml where both say something."""
-    ev = _read_eval(path)
+    """Read one run directory; eval.json's provenance fields win over config.yaml where both say something. An
+    unreadable eval.json counts as none (the run is reported as not evaluated); one whose numbers are not numbers
+    is one line naming the field (`RunDir.eval`, strict)."""
+    run_dir = RunDir(path)
+    ev = run_dir.eval(strict=True)
     config = path / "config.yaml"                    # read through the one bounded YAML reader: one line if damaged
     raw = with_defaults(yaml_io.read_mapping(config, "fix it, or delete it to compare the run without it")) \
         if config.is_file() else {}
@@ -142,7 +131,7 @@ def load_run(path: Path) -> Run:
         if field_name in ev:
             section, _, leaf = key.rpartition(".")
             (raw.setdefault(section, {}) if section else raw)[leaf] = ev[field_name]
-    history = _read_json_lines(path / "metrics.jsonl")
+    history = run_dir.metrics(f"delete it, or leave {path} out of the paths compared")
     values: dict[str, float | None] = {k: ev.get(k) for k, _ in METRICS}
     values["iw_loglik_mc_stderr"] = ev.get("iw_loglik_mc_stderr")
     values["train_elbo"] = history[-1].get("train_elbo") if history else None   # the last epoch's running mean

@@ -20,8 +20,9 @@ from typing import Any
 from vaelab.config.schema import load_config
 from vaelab.core.errors import VaelabError
 from vaelab.core.progress import stage as progress_stage
-from vaelab.evaluation.run_eval import evaluate_run, fit_run_density, merge_eval, quality_run, read_eval, sample_grid
-from vaelab.runs.run_files import open_run, read_checkpoint, write_json
+from vaelab.evaluation.run_eval import evaluate_run, fit_run_density, merge_eval, quality_run, sample_grid
+from vaelab.runs.run_dir import RunDir
+from vaelab.runs.run_files import open_run, write_json
 from vaelab.training.trainer import train
 
 
@@ -81,19 +82,18 @@ QUICK_EPOCHS, QUICK_IW, QUICK_QUALITY = 5, 200, 2000
 
 
 def train_stage(stage: Stage, s: Settings, run_dir: Path) -> None:
-    """Train, resume an interrupted run, or skip a finished one."""
+    """Train, resume an interrupted run, or skip a finished one (`RunDir.plan`)."""
     cfg = load_config(stage.config, [*stage.overrides, *s.overrides()], named=True)   # described as changed
     cfg.name = stage.name
-    if (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.old").exists():
-        saved, _, state = read_checkpoint(run_dir)
-        saved.train.device, saved.description = cfg.train.device, cfg.description   # neither changes the run
-        if saved != cfg:
+    plan = RunDir(run_dir).plan(cfg.train.epochs)
+    if plan.action != "train":
+        if plan.differences(cfg, ignore=("train.device", "description")):         # neither changes the run
             raise VaelabError(f"{run_dir} holds a run trained with other settings (quick vs full, --data or "
                               "--epochs): rerun with --force to retrain, or choose another --out")
-        if state["epoch"] >= cfg.train.epochs:
-            s.log(f"{stage.name}: trained ({state['epoch']} epochs), skipping")
+        if plan.action == "skip":
+            s.log(f"{stage.name}: trained ({plan.epoch} epochs), skipping")
             return
-        s.log(f"{stage.name}: resuming at epoch {state['epoch'] + 1}/{cfg.train.epochs}")
+        s.log(f"{stage.name}: resuming at epoch {plan.epoch + 1}/{cfg.train.epochs}")
         train(None, run_dir, resume=True, quiet=s.quiet)
         return
     # a run that died before its first checkpoint is restarted by train() itself, under the run's lock (deleting it
@@ -105,7 +105,7 @@ def train_stage(stage: Stage, s: Settings, run_dir: Path) -> None:
 def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
     """Evaluate, draw the figures and score samples; skipped when eval.json says it was done with these settings."""
     signature = {"quick": s.quick, "iw_samples": s.iw_samples, "quality_samples": s.n_quality()}
-    done = read_eval(run_dir)
+    done = RunDir(run_dir).eval()
     if done.get("reproduce") == signature:
         s.log(f"{stage.name}: evaluated, skipping")
         return done
@@ -130,7 +130,7 @@ def analyse_stage(stage: Stage, s: Settings, run_dir: Path) -> dict[str, Any]:
             s.log(f"{stage.name}: sample quality of {s.n_quality()} {mode} samples")
             quality_run(run, run_dir, s.n_quality(), mode, progress=not s.quiet)
     merge_eval(run_dir, {"reproduce": signature})
-    return read_eval(run_dir)
+    return RunDir(run_dir).eval()
 
 
 def quality_refusal(source: str, run_dir: Path) -> str | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaelab.config.schema import Config, config_from_yaml_text, load_config
+from vaelab.config.schema import Config, load_config
 from vaelab.core.atomic import open_append
 from vaelab.core.errors import VaelabError
+from vaelab.runs.run_dir import RunDir
 
 
 @dataclass(frozen=True)
@@ -110,37 +110,13 @@ def forwarding_stops():
             signal.signal(sig, handler)
 
 
-def _differences(a: Config, b: Config) -> list[str]:
-    """The dotted config keys whose values differ between `a` and `b`."""
-    from vaelab.experiments.compare import flatten
-
-    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
-    return [k for k in fa if fa[k] != fb.get(k)]
-
-
 def checkpoint_state(run_dir: Path) -> tuple[Config, int] | None:
-    """The saved config and epoch of the run's checkpoint (read from the safetensors header only), or None."""
-    from safetensors import safe_open
-
-    for name in ("checkpoint", "checkpoint.old"):
-        path = run_dir / name / "model.safetensors"
-        if path.is_file():
-            try:
-                with safe_open(path, framework="pt") as f:
-                    meta = f.metadata() or {}
-                return config_from_yaml_text(meta["config"]), int(meta.get("epoch", 0))
-            except Exception as err:   # noqa: BLE001 - any unreadable header is reported the same way
-                raise RunFailed(f"checkpoint {path} is unreadable ({type(err).__name__}): delete {run_dir} to "
-                                "retrain it") from err
-    return None
-
-
-def _clear_partial(run_dir: Path) -> None:
-    """A run that died before its first checkpoint: remove what it wrote, so `vaelab train` starts afresh."""
-    for name in ("config.yaml", "metrics.jsonl", "eval.json"):
-        (run_dir / name).unlink(missing_ok=True)
-    for name in ("tb", "checkpoint.tmp"):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    """`RunDir.checkpoint_header` as (config, epoch) or None, an unreadable header as RunFailed (for sweep_names)."""
+    try:
+        header = RunDir(run_dir).checkpoint_header()
+    except VaelabError as err:
+        raise RunFailed(str(err)) from err
+    return None if header is None else (header.config, header.epoch)
 
 
 STEP_HEADER = re.compile(r"^# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d vaelab (\S+)")   # sweep_worker.HEADER
@@ -187,35 +163,32 @@ def _error_line(log_path: Path, start: int, code: int, names: list[str]) -> tupl
 
 
 def train_step(job: Job) -> tuple[str, list[list[str]]]:
-    """Train, resume or skip: (what is done, the `vaelab` step that does it, if any)."""
-    run_dir = Path(job.run_dir)
-    state = checkpoint_state(run_dir)
-    if state is None:
-        _clear_partial(run_dir)
+    """Train, resume or skip (`RunDir.plan`): (what is done, the `vaelab` step that does it, if any). A run that
+    died before its first checkpoint is cleared under its lock first (`RunDir.clear_stranded`)."""
+    run = RunDir(job.run_dir)
+    plan = run.plan(job.epochs)
+    if plan.action == "train":
+        run.clear_stranded()
         return "trained", [["train", job.config_path, "--out", job.run_dir]]
-    saved, epoch = state
-    wanted = load_config(job.config_path)
-    saved.train.device, saved.train.epochs = wanted.train.device, wanted.train.epochs
-    if saved != wanted:
-        raise RunFailed(f"{run_dir} holds a run with other settings ({', '.join(_differences(saved, wanted))}): "
+    differences = plan.differences(load_config(job.config_path), ignore=("train.device", "train.epochs"))
+    if differences:
+        raise RunFailed(f"{run.path} holds a run with other settings ({', '.join(differences)}): "
                         "move it away, or sweep into another --out")
-    if epoch > job.epochs:
-        raise RunFailed(f"{run_dir} is trained for {epoch} epochs, more than the spec's {job.epochs}: raise "
+    if plan.epoch > job.epochs:
+        raise RunFailed(f"{run.path} is trained for {plan.epoch} epochs, more than the spec's {job.epochs}: raise "
                         "train.epochs in the spec, or sweep into another --out")
-    if epoch == job.epochs:
+    if plan.action == "skip":
         return "already trained", []
-    for stale in ("eval.json", "density.npz"):        # they described an earlier state of the model
-        (run_dir / stale).unlink(missing_ok=True)
-    return f"resumed at epoch {epoch + 1}", [["train", "--resume", job.run_dir, "--epochs", str(job.epochs)]]
+    for stale in (run.eval_path, run.density_path):   # they described an earlier state of the model
+        stale.unlink(missing_ok=True)
+    return f"resumed at epoch {plan.epoch + 1}", [["train", "--resume", job.run_dir, "--epochs", str(job.epochs)]]
 
 
 def evaluated(job: Job) -> bool:
-    """True when eval.json was written with the sweep's K after the last epoch."""
-    path = Path(job.run_dir) / "eval.json"
-    if not path.is_file():
-        return False
-    ev = json.loads(path.read_text())
-    return ev.get("iw_samples") == job.iw_samples and ev.get("epochs_trained", job.epochs) == job.epochs
+    """True when eval.json was written with the sweep's K after the last epoch (a damaged one: not evaluated)."""
+    ev = RunDir(job.run_dir).eval()
+    return bool(ev) and ev.get("iw_samples") == job.iw_samples and \
+        ev.get("epochs_trained", job.epochs) == job.epochs
 
 
 def evaluate_step(job: Job, trained_now: bool) -> tuple[str, list[list[str]]]:
@@ -226,7 +199,7 @@ def evaluate_step(job: Job, trained_now: bool) -> tuple[str, list[list[str]]]:
     if not trained_now and evaluated(job):
         return "already evaluated", []
     steps = [["evaluate", job.run_dir, "--iw-samples", str(job.iw_samples), "--device", job.device]]
-    if job.autoencoder and (trained_now or not (Path(job.run_dir) / "density.npz").is_file()):
+    if job.autoencoder and (trained_now or not RunDir(job.run_dir).density_path.is_file()):
         steps.insert(0, ["fit-density", job.run_dir, "--no-figures", "--device", job.device])
     return f"evaluated (K={job.iw_samples})", steps
 
@@ -234,13 +207,13 @@ def evaluate_step(job: Job, trained_now: bool) -> tuple[str, list[list[str]]]:
 def describe(job: Job) -> str:
     """The run's state as its directory shows it: new, E/N-epochs, trained (not evaluated), done, unreadable."""
     try:
-        state = checkpoint_state(Path(job.run_dir))
-    except RunFailed:
+        header = RunDir(job.run_dir).checkpoint_header()
+    except VaelabError:
         return "unreadable"
-    if state is None:
+    if header is None:
         return "new"
-    if state[1] != job.epochs:
-        return f"{state[1]}/{job.epochs}-epochs"
+    if header.epoch != job.epochs:
+        return f"{header.epoch}/{job.epochs}-epochs"
     return "done" if job.iw_samples is None or evaluated(job) else "trained"
 
 

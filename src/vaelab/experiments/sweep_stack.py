@@ -19,7 +19,8 @@ from vaelab.config.checks import check_int
 from vaelab.config.schema import load_config
 from vaelab.core.atomic import open_append
 from vaelab.core.errors import VaelabError
-from vaelab.experiments.sweep_run import CHILDREN, Job, checkpoint_state
+from vaelab.experiments.sweep_run import CHILDREN, Job
+from vaelab.runs.run_dir import RunDir
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -80,12 +81,17 @@ def groups(jobs: list[Job], settings: dict[str, dict[str, Any]]) -> list[list[Jo
 
 
 def _resume_or_fresh(group: list[Job]) -> bool | None:
-    """False: no run started; True: all stopped at the same epoch short of the target; None: not stackable."""
-    states = [checkpoint_state(Path(j.run_dir)) for j in group]
-    if all(s is None for s in states) and not any(Path(j.run_dir, "config.yaml").exists() for j in group):
+    """False: no run started; True: all stopped at the same epoch short of the target (`RunDir.plan` says resume);
+    None: not stackable (finished, stranded, unreadable or at different epochs: the sweep takes them one by one and
+    reports what it finds)."""
+    runs = [RunDir(j.run_dir) for j in group]
+    if all(r.kind == "empty" for r in runs):
         return False
-    epochs = {s[1] for s in states if s is not None}
-    if None in states or len(epochs) != 1 or epochs.pop() >= group[0].epochs:
+    try:
+        plans = [r.plan(group[0].epochs) for r in runs]
+    except VaelabError:
+        return None
+    if any(p.action != "resume" for p in plans) or len({p.epoch for p in plans}) != 1:
         return None
     return True
 

@@ -5,13 +5,13 @@ cells. report/layout.py arranges them into sections; report/write.py draws the s
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vaelab.config.schema import Config, load_config
+from vaelab.runs.run_dir import RunDir
 from vaelab.viz import html_page as page
 
 SHORT = {"gaussian_vae": "Gaussian VAE", "bernoulli_vae": "Bernoulli VAE (sfe-avg)",
@@ -48,13 +48,10 @@ class Fig:
 
 
 def histories(out: Path, names: list[str]) -> dict[str, list[dict]]:
-    """metrics.jsonl rows of each run that has them."""
-    rows = {}
-    for name in names:
-        path = out / name / "metrics.jsonl"
-        if path.is_file():
-            rows[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
+    """metrics.jsonl rows of each run that has them (`RunDir.metrics`: damage is one line naming the file)."""
+    runs = {name: RunDir(out / name) for name in names}
+    return {name: run.metrics(f"delete {run.path} and {RERUN}") for name, run in runs.items()
+            if run.metrics_path.is_file()}
 
 
 def autoencoders(out: Path, names: list[str]) -> list[str]:
@@ -62,13 +59,13 @@ def autoencoders(out: Path, names: list[str]) -> list[str]:
     run's config.yaml (a run without one, not trained yet, is not counted)."""
     from vaelab.models.latents import is_autoencoder
 
-    return [n for n in names if (p := out / n / "config.yaml").is_file()
-            and is_autoencoder(run_config(p).model.latent)]
+    return [n for n in names if (run := RunDir(out / n)).config_path.is_file()
+            and is_autoencoder(run.config().model.latent)]
 
 
 def run_config(path: Path) -> Config:
     """A run's config.yaml, read through vaelab's one YAML reader and validated: a damaged one is one line naming
-    it, never a traceback."""
+    it, never a traceback (`RunDir.config` reads a run's own)."""
     return load_config(path)
 
 
@@ -102,9 +99,10 @@ def shown(metrics: dict[str, Any], key: str) -> float | None:
 
 
 def stage_eval(out: Path, name: str) -> dict[str, Any] | None:
-    """A stage's eval.json, or None before it was evaluated."""
-    path = out / name / "eval.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A stage's eval.json, or None before it was evaluated (or when it is unreadable: the stage is evaluated
+    again by the next `vaelab reproduce`); numbers that are not numbers are one line naming the field
+    (`RunDir.eval`, strict)."""
+    return RunDir(out / name).eval(strict=True) or None
 
 
 def metrics_table(out: Path, stages) -> tuple[list[list[str]], set[tuple[int, int]]]:
@@ -113,7 +111,7 @@ def metrics_table(out: Path, stages) -> tuple[list[list[str]], set[tuple[int, in
     for stage in stages:
         m = stage_eval(out, stage.name)
         if m is not None:
-            cfg = run_config(out / stage.name / "config.yaml")
+            cfg = RunDir(out / stage.name).config()
             epochs = len(histories(out, [stage.name]).get(stage.name, []))
             rows.append([stage.title, cfg.estimator.name, str(epochs), *[fmt(m, k) for k, _, _ in COLUMNS]])
             values.append([None] * 3 + [shown(m, k) for k, _, _ in COLUMNS])

@@ -1,11 +1,8 @@
-"""The life of a run directory around training: what it holds, one writer at a time, and stopping on a signal.
+"""The life of a run directory around training: checking it, starting from it, and stopping on a signal.
 
-- `run_dir_kind`: "empty" (nothing of a run), "stranded" (a run stopped before its first checkpoint: config.yaml
-  but no checkpoint; `train --resume` starts it from step 0, `train CONFIG --out` restarts it) or "run".
-- `RunLock`: RUN/train.lock, held with flock by the one process that trains into RUN. The kernel drops the lock
-  when its holder dies (SIGKILL, power loss), so a lock left by a dead process is stale by construction and taken
-  over; a live holder makes a second writer fail at once with exit code 2 (the file names its pid). The holder
-  removes the file when it is done.
+What a run directory holds (its kind, its checkpoint) and its lock (`RunLock`, RUN/train.lock) are `RunDir`'s
+(runs/run_dir.py); this module asks it.
+- `check_run_dir`: refuse an output path `train` cannot use; returns `RunDir.kind` ("empty", "stranded", "run").
 - `starting_point` / `open_for_writing`: what `train` starts from (a checkpoint, a stranded run's config.yaml or
   the given config), and rank 0 creating the directory, taking the lock and writing config.yaml.
 - `StopSignals`: SIGINT, SIGTERM and SIGHUP during training ask for a stop; training checkpoints at the next safe
@@ -15,47 +12,38 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vaelab.config.checks import check_writable_dir
+from vaelab.config.schema import Config, validate
+from vaelab.core import faults
+from vaelab.core.atomic import atomic_write_text
+from vaelab.core.errors import VaelabError
+from vaelab.runs.run_dir import RunDir, RunLock
+from vaelab.runs.run_files import read_checkpoint
 from vaelab.runtime import distributed
 
-from vaelab.core import faults
-from vaelab.core.atomic import atomic_write_text, link_error
-from vaelab.config.checks import check_writable_dir
-from vaelab.config.schema import Config, load_config, validate
-from vaelab.core.errors import VaelabError
-from vaelab.runs.run_files import read_checkpoint
-
-LOCK_FILE = "train.lock"
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoint", "checkpoint.old")
+__all__ = ["StopSignals", "check_run_dir", "has_checkpoint", "open_for_writing",
+           "starting_point", "stranded_config"]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / name / "model.safetensors").is_file() for name in ("checkpoint", "checkpoint.old"))
-
-
-def run_dir_kind(run_dir: Path) -> str:
-    """"empty", "stranded" (run files but no checkpoint) or "run"."""
-    if not run_dir.is_dir() or not any((run_dir / m).exists() for m in RUN_MARKERS):
-        return "empty"
-    return "run" if has_checkpoint(run_dir) else "stranded"
+    """`RunDir.has_checkpoint` (kept for training/*)."""
+    return RunDir(run_dir).has_checkpoint
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> str:
     """Refuse an output path that is a file, under a file or not writable; refuse to overwrite a run (one with a
-    checkpoint) or to resume what is not there. Returns the directory's kind (`run_dir_kind`)."""
+    checkpoint) or to resume what is not there. Returns the directory's kind (`RunDir.kind`)."""
     check_writable_dir(run_dir, "--resume" if resume else "--out")
-    kind = run_dir_kind(run_dir)
+    kind = RunDir(run_dir).kind
     if resume and kind == "empty":
         raise VaelabError(f"--resume {run_dir}: no run there to resume; drop --resume to start a new one")
     if not resume and kind == "run":
@@ -66,17 +54,17 @@ def check_run_dir(run_dir: Path, resume: bool) -> str:
 
 def stranded_config(run_dir: Path) -> Config:
     """The config of a run stopped before its first checkpoint (its config.yaml), to start it from step 0."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.config_path.is_file():
         raise VaelabError(f"{run_dir} holds no checkpoint and no config.yaml: start it again with "
                           f"`vaelab train CONFIG --out {run_dir}`")
-    return load_config(path)
+    return run.config()
 
 
 def starting_point(cfg: Config | None, run_dir: Path, resume: bool, kind: str,
                    epochs: int | None) -> tuple[Config, dict | None, dict[str, Any]]:
     """The config, checkpoint tensors (None for a fresh start) and training state (state.pt's dict) to start from.
-    `epochs` extends a resumed run; `kind` is `run_dir_kind`'s answer, taken under the run's lock."""
+    `epochs` extends a resumed run; `kind` is `RunDir.kind`'s answer, taken under the run's lock."""
     state: dict[str, Any] = {"epoch": 0, "history": []}
     if resume and kind == "run":
         cfg, tensors, state = read_checkpoint(run_dir)
@@ -112,75 +100,6 @@ def open_for_writing(run_dir: Path, lock: RunLock, resume: bool, kind: str, writ
         shutil.rmtree(run_dir / "tb", ignore_errors=True)    # the stopped attempt's (empty) TensorBoard files
     if write_config:
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-
-
-class RunLock:
-    """An exclusive flock on RUN/train.lock for as long as this process trains into RUN (see the module doc).
-
-    The holder removes the file before it lets go, so a finished run leaves none behind. A process that opened
-    the old file just before it was removed finds, once it has the flock, that the path no longer names its file,
-    and tries again: two writers can never both hold a lock on the file the path names."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir, self.path, self.fd = run_dir, run_dir / LOCK_FILE, None
-
-    def _open(self) -> int:
-        """Open (or create) the lock file, never through a symbolic link: a link planted as RUN/train.lock would
-        otherwise have the pid line written over whatever file it points to."""
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            if self.path.is_symlink():          # ELOOP from O_NOFOLLOW
-                raise link_error(self.path) from err
-            raise VaelabError(f"cannot write to {self.run_dir} ({err.strerror}): make it writable or choose "
-                              "another --out") from err
-
-    def acquire(self) -> None:
-        for _ in range(100):
-            fd = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
-                os.close(fd)
-                raise VaelabError(f"{self.run_dir} is being written by another vaelab process ({holder}): wait "
-                                  "for it to finish or stop it (a lock left by a process that died is taken over)"
-                                  ) from err
-            try:
-                same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)                # the previous holder removed this file as we opened it: take the new one
-        else:
-            raise VaelabError(f"cannot take the lock {self.path}: it keeps being replaced; run again")
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        except OSError:
-            pass   # the flock is what counts; the pid is only for the message above
-        self.fd = fd
-
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)   # still holding the flock: nobody else can hold this file meanwhile
-            except OSError:
-                pass
-            os.close(self.fd)          # closing the descriptor drops the flock
-            self.fd = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class StopSignals:

@@ -35,6 +35,7 @@ from vaelab.estimators.pathwise import Estimator, build_estimator
 from vaelab.runtime.hardware import resolve_device
 from vaelab.models.vae import VAE, build_model
 from vaelab.core.plugins import PluginMissing
+from vaelab.runs.run_dir import RunDir
 from vaelab.runs.train_state import check_state
 from vaelab.data.sources import load_dataset
 
@@ -179,16 +180,12 @@ def save_checkpoint(run_dir: Path, cfg: Config, model: VAE, estimator: Estimator
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / name / "model.safetensors").is_file() for name in ("checkpoint", "checkpoint.old"))
+    return RunDir(run_dir).has_checkpoint
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise VaelabError(f"{run_dir} is a file, not a run directory: give the directory `vaelab train --out` made")
-    for name in ("checkpoint", "checkpoint.old"):   # .old survives a crash between the two renames
-        if (run_dir / name / "model.safetensors").is_file():
-            return run_dir / name
-    raise VaelabError(f"no checkpoint in {run_dir}: train first with `vaelab train CONFIG --out {run_dir}`")
+    """`RunDir.checkpoint_dir` (kept for runs/bundle.py)."""
+    return RunDir(run_dir).checkpoint_dir()
 
 
 DAMAGED_FIX = "retrain, or resume from a backup copy"

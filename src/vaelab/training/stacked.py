@@ -8,6 +8,11 @@ makes them) and its own estimator noise (training/stacked_noise.py), so seed i's
 to float rounding (tests/test_stacked.py: 1e-6 on the CPU). What comes out is N ordinary run directories:
 `evaluate`, `compare` and `train --resume` read them like any other run.
 
+It is trained by the single run's machinery: `StackedStep` (this model's optimisation step, with per-seed gradient
+clipping) runs inside training/epoch.py's `EpochLoop` (the step count, each seed's permutation, the signal and
+divergence handling), and each seed's checkpoint is its `TrainState`'s (trainer.py), written from its unstacked
+copy; what is this module's own is the per-seed bookkeeping (`Seed`, `Stack`, `_end_epoch`).
+
 On a GPU this turns N launch-bound small steps into one step of N-times-larger kernels: the point of stacking
 (benchmarks/RESULTS.md measures 32 seeds against one). Stacking covers the eager single-process step: it refuses
 torchrun, train.compile, train.cuda_graph, autocast and grad_stats_every, and estimators whose draws cannot be made
@@ -18,10 +23,9 @@ ahead (training/stacked_noise.py). A signal stops it at the next step; each run 
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
-import time
 import warnings
+from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -35,53 +39,56 @@ from vaelab.core.errors import Stopped, VaelabError
 from vaelab.evaluation.bounds import elbo_terms
 from vaelab.optim.optimizers import build_optimizers
 from vaelab.optim.schedules import kl_schedule, lr_schedule
-from vaelab.runs.lifecycle import RunLock, StopSignals, check_run_dir, open_for_writing
+from vaelab.runs.lifecycle import StopSignals, check_run_dir, has_checkpoint, open_for_writing
 from vaelab.runs.metrics_log import MetricsSink
+from vaelab.runs.run_dir import RunLock
 from vaelab.runs.run_files import build, first_nonfinite, prepare_data, read_checkpoint, save_checkpoint
+from vaelab.runtime import distributed
 from vaelab.runtime.hardware import resolve_device
 from vaelab.training import stacked_noise
-from vaelab.training.trainer import Objective, TrainState
+from vaelab.training.epoch import Diverged, EpochLoop, EpochStopped, divergence_message, steps_per_epoch
+from vaelab.training.step import Objective, Step, batch_sums
+from vaelab.training.trainer import TrainState
 
 
 class Seed:
-    """One seed's run: its config, directory, modules (the unstacked copy the checkpoints are written from),
-    its data generator, its noise generator and its metrics."""
+    """One seed's run: its config, directory, modules (the unstacked copy the checkpoints are written from) and
+    `TrainState` (optimizer, data generator, epochs done, metrics history), and its estimator noise stream."""
 
     def __init__(self, cfg: Config, run_dir: Path, data, device: torch.device, resume: bool) -> None:
         self.cfg, self.run_dir, self.lock = cfg, run_dir, RunLock(run_dir)
-        self.history: list[dict[str, Any]] = []
         model, estimator = build(cfg, data, device)
         self.objective = Objective(model, estimator)   # one module: functional_call swaps model.* and estimator.*
-        self.optim = _optimizers(cfg, dict(self.objective.named_parameters()), device)
-        self.data_gen = torch.Generator(device).manual_seed(cfg.train.seed)
-        self.epoch = 0
+        optim = _optimizers(cfg, dict(self.objective.named_parameters()), device)
+        self.state = TrainState(model, estimator, optim, torch.Generator(device).manual_seed(cfg.train.seed), device)
         if resume:
             _, tensors, state = read_checkpoint(run_dir)
             if "partial" in state:
                 raise VaelabError(f"{run_dir} stopped inside an epoch: finish it with `vaelab train --resume "
                                   f"{run_dir}`, then stack again")
-            TrainState(model, estimator, self.optim, self.data_gen, device).restore(tensors, state, run_dir)
-            self.epoch, self.history = state["epoch"], state["history"]
+            self.state.restore(tensors, state, run_dir)
         self.noise_gen = torch.Generator(device)                   # where the single run's global RNG stands now
         self.noise_gen.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
         self.cpu_rng = torch.get_rng_state()
 
-    def rng_swapped(self):
-        """Run the enclosed code on this seed's noise stream as the global generator (validation draws)."""
+    @contextlib.contextmanager
+    def rng_swapped(self) -> Iterator[None]:
+        """Run the enclosed code with this seed's random streams as torch's global generators, as its own run
+        would have them: validation draws from its noise stream, and its checkpoint records them."""
         device = self.noise_gen.device
-        get = (lambda: torch.cuda.get_rng_state(device)) if device.type == "cuda" else torch.get_rng_state
-        put = (lambda s: torch.cuda.set_rng_state(s, device)) if device.type == "cuda" else torch.set_rng_state
-
-        @contextlib.contextmanager
-        def swapped():
-            outer = get()
-            put(self.noise_gen.get_state())
-            try:
-                yield
-            finally:
-                self.noise_gen.set_state(get())
-                put(outer)
-        return swapped()
+        cuda = device.type == "cuda"
+        outer_cpu, outer_cuda = torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None
+        if cuda:
+            torch.cuda.set_rng_state(self.noise_gen.get_state(), device)
+        torch.set_rng_state(self.cpu_rng if cuda else self.noise_gen.get_state())
+        try:
+            yield
+        finally:
+            self.noise_gen.set_state(torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state())
+            if cuda:
+                self.cpu_rng = torch.get_rng_state()
+                torch.cuda.set_rng_state(outer_cuda, device)
+            torch.set_rng_state(outer_cpu)
 
 
 def _optimizers(cfg: Config, named: dict[str, Tensor], device: torch.device):
@@ -114,16 +121,14 @@ class Stack:
         self.buffers = {k: torch.stack([dict(o.named_buffers())[k] for o in objectives])
                         for k, _ in self.template.named_buffers()}              # name -> [N, ...]
         self.optim = _optimizers(cfg, self.params, device)
-        if runs[0].epoch:
-            self.optim.load_state_dict(_stack_state([r.optim.state_dict() for r in runs]))
-        self.grad_clip, self.plans = cfg.train.grad_clip, {}
-        self.sums = torch.zeros(len(runs), 4, device=device)                      # [N, 4] loss, elbo, rec, kl
+        if runs[0].state.epoch:
+            self.optim.load_state_dict(_stack_state([r.state.optim.state_dict() for r in runs]))
+        self.plans: dict[torch.Size, Any] = {}
 
     def _one(self, params: dict, buffers: dict, x: Tensor, kl_weight: float, *noise: Tensor):
         with stacked_noise.NoisePlan(noise):
             est = functional_call(self.template, (params, buffers), (x, kl_weight))
-        sums = torch.stack([est.loss.detach() * x.shape[0], est.elbo.sum(), est.rec.sum(), est.kl.sum()])
-        return est.loss, sums
+        return est.loss, batch_sums(est, x.shape[0])                          # [], [4] (per seed)
 
     def losses(self, params: dict, buffers: dict, x: Tensor, kl_weight: float,
                gens: list[torch.Generator]) -> tuple[Tensor, Tensor]:
@@ -149,24 +154,6 @@ class Stack:
             raise VaelabError(f"this estimator's step cannot be stacked ({str(err).splitlines()[0][:100]}): train "
                               "the seeds separately (sweep: stack: false)") from None
 
-    def update(self, x: Tensor, kl_weight: float) -> None:
-        """One optimisation step of every seed on its own batch x [N, B, P]."""
-        losses, sums = self.losses(self.params, self.buffers, x, kl_weight, [r.noise_gen for r in self.runs])
-        self.optim.zero_grad(set_to_none=True)
-        losses.sum().backward()                                    # the seeds share nothing: grad i = seed i's
-        if self.grad_clip:
-            self._clip()
-        self.optim.step()
-        self.sums += sums.detach()
-
-    def _clip(self) -> None:
-        """clip_grad_norm_ seed by seed: each seed's gradient scaled to norm <= train.grad_clip."""
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        norms = torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0).sqrt()   # [N]
-        coef = (self.grad_clip / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
-
     def unstack(self, i: int) -> None:
         """Copy seed i's slice into its own modules and optimizer (for validation and its checkpoint)."""
         run = self.runs[i]
@@ -175,7 +162,44 @@ class Stack:
                 p.copy_(self.params[k][i])
             for k, b in run.objective.named_buffers():
                 b.copy_(self.buffers[k][i])
-        run.optim.load_state_dict(_slice_state(self.optim.state_dict(), i, len(self.runs)))
+        run.state.optim.load_state_dict(_slice_state(self.optim.state_dict(), i, len(self.runs)))
+
+    def check_finite(self, epoch: int) -> None:
+        """NaN or infinite weights, buffers or optimizer moments of any seed after epoch `epoch`'s last step are a
+        divergence even when its losses were finite: stop before they are validated or checkpointed."""
+        names = {id(p): k for k, p in self.params.items()}
+        moments = {f"{key} of {names.get(id(p), 'a parameter')}": value for o in self.optim.optimizers
+                   for p, entry in o.state.items() for key, value in entry.items()}
+        if (bad := first_nonfinite({**self.params, **self.buffers, **moments})) is not None:
+            raise Diverged(epoch, float("nan"), f"NaN or infinite values in {bad} after its last step")
+
+
+class StackedStep(Step):
+    """The stacked model's optimisation step, run by the same `EpochLoop` as a single run's: every seed's loss from
+    one vmapped call, one backward (the seeds share nothing: grad i = seed i's), each seed's gradient clipped to its
+    own norm, one update of all; the metric sums are kept per seed ([N, 4])."""
+
+    def __init__(self, stack: Stack, grad_clip: float | None, ctx: distributed.Context, steps: int) -> None:
+        super().__init__(stack.losses, stack.optim, grad_clip, ctx, steps, seeds=(len(stack.runs),))
+        self.stack, self.gens = stack, [r.noise_gen for r in stack.runs]
+
+    def update(self, x: Tensor, kl_weight: float | Tensor, weight: float = 1.0) -> None:
+        stack = self.stack
+        losses, sums = stack.losses(stack.params, stack.buffers, x, kl_weight, self.gens)   # [N], [N, 4]; x [N, B, P]
+        self.optim.zero_grad(set_to_none=True)
+        losses.sum().backward()                                    # the seeds share nothing: grad i = seed i's
+        if self.grad_clip:
+            self.clip_per_seed()
+        self.optim.step()
+        self.record(sums.detach())
+
+    def clip_per_seed(self) -> None:
+        """clip_grad_norm_ seed by seed: each seed's gradient scaled to norm <= train.grad_clip."""
+        grads = [p.grad for p in self.stack.params.values() if p.grad is not None]
+        norms = torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0).sqrt()   # [N]
+        coef = (self.grad_clip / (norms + 1e-6)).clamp(max=1.0)                           # [N]
+        for g in grads:
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
 
 
 def _stack_state(states: list[dict]) -> dict:
@@ -205,78 +229,45 @@ def _slice_state(state: dict, i: int, n: int) -> dict:
     return pick(state)
 
 
-def _epoch_batches(stack: Stack, data, cfg: Config) -> tuple[Tensor, list[Tensor]]:
-    """Every seed's epoch images and batches, drawn as `train_epoch` draws them: [N, M, P] and steps of [N, B]."""
-    images, orders = [], []
-    for run in stack.runs:
-        x_epoch = data.train_epoch_images(run.data_gen)                          # [M, P]
-        images.append(x_epoch)
-        orders.append(torch.randperm(len(x_epoch), generator=run.data_gen, device=run.data_gen.device))
-    steps = torch.stack(orders).split(cfg.train.batch_size, dim=1)              # each [N, B]
-    return torch.stack(images), list(steps[: cfg.train.steps_per_epoch] if cfg.train.steps_per_epoch else steps)
-
-
-def _train_epoch(stack: Stack, data, cfg: Config, epoch: int, beta, stop: StopSignals) -> dict[str, Any]:
-    """One epoch of every seed; the per-seed rows `train_epoch` would return (seconds: the stacked epoch's)."""
-    t0 = time.perf_counter()
-    images, steps = _epoch_batches(stack, data, cfg)
-    seeds = torch.arange(len(stack.runs), device=images.device)[:, None]        # [N, 1]
-    stack.sums.zero_()
-    beta_sum = 0.0
-    for i, idx in enumerate(steps):
-        if stop.requested:
-            raise Stopped(f"stopped by {stop.name} in epoch {epoch + 1}: each run keeps its checkpoint of epoch "
-                          f"{epoch}; train again with resume to continue", stop.signum)
-        kl_weight = beta(epoch * len(steps) + i)
-        beta_sum += kl_weight
-        stack.update(images[seeds, idx], kl_weight)                              # batch [N, B, P]
-    n = sum(idx.shape[1] for idx in steps)
-    sums = (stack.sums / n).tolist()
-    if not all(math.isfinite(v) for row in sums for v in row):
-        raise VaelabError(f"training diverged in epoch {epoch + 1} (losses {[row[0] for row in sums]}): "
-                          "lower train.lr or set train.grad_clip")
-    _check_finite(stack, epoch)
-    return {"sums": sums, "kl_weight": beta_sum / len(steps), "lr": stack.optim.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0, "steps": len(steps)}
-
-
-def _check_finite(stack: Stack, epoch: int) -> None:
-    """NaN or infinite weights, buffers or optimizer moments of any seed after the epoch's last step are a
-    divergence even when its losses were finite: stop before they are validated or checkpointed."""
-    names = {id(p): k for k, p in stack.params.items()}
-    moments = {f"{key} of {names.get(id(p), 'a parameter')}": value for o in stack.optim.optimizers
-               for p, entry in o.state.items() for key, value in entry.items()}
-    bad = first_nonfinite({**stack.params, **stack.buffers, **moments})
-    if bad is not None:
-        kept = f"each run keeps its checkpoint of epoch {epoch}" if epoch else "no checkpoint was written"
-        raise VaelabError(f"training diverged in epoch {epoch + 1} (NaN or infinite values in {bad} after its last "
-                          f"step; {kept}): lower train.lr or set train.grad_clip")
-
-
-def _end_epoch(stack: Stack, data, epoch: int, out: dict[str, Any], sinks: list[MetricsSink], quiet: bool) -> None:
-    """Per seed: unstack, validate on its own noise stream, checkpoint, log one metrics row."""
+def _end_epoch(stack: Stack, data, row: dict[str, Any], sinks: list[MetricsSink], quiet: bool) -> None:
+    """Per seed: unstack, validate on its own noise stream, checkpoint (its `TrainState`), log one metrics row.
+    `row` is the EpochLoop's, its train_* values one per seed."""
     for i, (run, sink) in enumerate(zip(stack.runs, sinks, strict=True)):
-        loss, elbo, rec, kl = out["sums"][i]
-        row = {"epoch": epoch + 1, "train_loss": loss, "train_elbo": elbo, "train_rec": rec, "train_kl": kl,
-               "kl_weight": out["kl_weight"], "lr": out["lr"], "seconds": out["seconds"], "steps": out["steps"]}
+        seed_row = {k: v[i] if isinstance(v, list) else v for k, v in row.items()}
         stack.unstack(i)
-        model = run.objective.model
-        model.eval()
-        with run.rng_swapped():
-            row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(model, data.x_valid).items()}
-        model.train()
-        device = run.noise_gen.device
-        save_checkpoint(run.run_dir, run.cfg, model, run.objective.estimator, {
-            "epoch": epoch + 1, "history": [*sink.history, row], "optim": run.optim.state_dict(),
-            "data_rng": run.data_gen.get_state(),     # on the CPU the noise stream is the global generator's
-            "torch_rng": run.noise_gen.get_state() if device.type == "cpu" else run.cpu_rng,
-            **({"cuda_rng": run.noise_gen.get_state()} if device.type == "cuda" else {})})
-        sink.log(row)
+        ts = run.state
+        ts.model.eval()
+        with run.rng_swapped():                  # on the CPU the noise stream is the global generator's
+            seed_row |= {f"valid_{k}": v.mean().item() for k, v in elbo_terms(ts.model, data.x_valid).items()}
+            ts.epoch, ts.history = row["epoch"], [*ts.history, seed_row]
+            state = ts.state()                   # its random streams as its own run's checkpoint records them
+        ts.model.train()
+        save_checkpoint(run.run_dir, run.cfg, ts.model, ts.estimator, state)
+        sink.log(seed_row)
     if not quiet:
-        elbos = [row[1] for row in out["sums"]]
-        print(f"epoch {epoch + 1}/{stack.runs[0].cfg.train.epochs}  {len(elbos)} seeds  train ELBO "
+        elbos = row["train_elbo"]
+        print(f"epoch {row['epoch']}/{stack.runs[0].cfg.train.epochs}  {len(elbos)} seeds  train ELBO "
               f"{sum(elbos) / len(elbos):.2f} (mean)  "
-              f"{out['seconds']:.1f}s", file=sys.stderr)
+              f"{row['seconds']:.1f}s", file=sys.stderr)
+
+
+def _run_epochs(stack: Stack, epochs: EpochLoop, lr_at, sinks: list[MetricsSink], quiet: bool) -> None:
+    """The epochs left: the shared EpochLoop over the stacked step, then each seed's bookkeeping. A signal stops
+    it at the next step (each run keeps its last checkpoint); a divergence says what the run directories hold."""
+    start = stack.runs[0].state.epoch
+    with StopSignals() as stop:
+        for epoch in range(start, epochs.cfg.train.epochs):
+            stack.optim.set_lr_factor(lr_at(epoch))
+            try:
+                row = epochs.run(epoch, stop=stop)
+                stack.check_finite(epoch + 1)
+            except EpochStopped:
+                raise Stopped(f"stopped by {stop.name} in epoch {epoch + 1}: each run keeps its checkpoint of "
+                              f"epoch {epoch}; train again with resume to continue", stop.signum) from None
+            except Diverged as err:
+                raise divergence_message(err, has_checkpoint(stack.runs[0].run_dir), epoch,
+                                         "the same `vaelab stack` command") from None
+            _end_epoch(stack, epochs.data, row, sinks, quiet)
 
 
 def train_stacked(cfg: Config, seeds: list[int], run_dirs: list[str | Path], *, resume: bool = False,
@@ -291,25 +282,23 @@ def train_stacked(cfg: Config, seeds: list[int], run_dirs: list[str | Path], *, 
     device = resolve_device(cfg.train.device)
     data = prepare_data(cfg.data, device)
     runs = [Seed(_with_seed(cfg, s), d, data, device, resume) for s, d in zip(seeds, run_dirs, strict=True)]
-    if len({r.epoch for r in runs}) > 1:
+    if len({r.state.epoch for r in runs}) > 1:
         raise VaelabError("the runs to stack stopped at different epochs: resume them one by one "
-                          f"({', '.join(f'{r.run_dir}: {r.epoch}' for r in runs)})")
+                          f"({', '.join(f'{r.run_dir}: {r.state.epoch}' for r in runs)})")
     stack = Stack(runs, cfg, device)
     stack.trial(data.x_train[: cfg.train.batch_size].expand(len(runs), -1, -1))
-    steps = min(math.ceil(len(data.x_train) / cfg.train.batch_size), cfg.train.steps_per_epoch or math.inf)
-    beta, lr_at = kl_schedule(cfg.train.kl_weight, steps), lr_schedule(cfg.train.lr_schedule)
+    steps = steps_per_epoch(cfg, len(data.x_train))
+    beta, lr_at = kl_schedule(cfg.train.kl_weight, steps), lr_schedule(cfg.train.lr_schedule)   # checked first
+    step = StackedStep(stack, cfg.train.grad_clip, distributed.Context(device=device), steps)
+    epochs = EpochLoop(cfg, data, [r.state.gen for r in runs], stack.template.model, step, stack.optim, beta)
     with contextlib.ExitStack() as scope:
         sinks = []
         for run in runs:
             scope.callback(run.lock.release)
             open_for_writing(run.run_dir, run.lock, resume, "run" if resume else "empty", True, run.cfg)
-            sinks.append(MetricsSink(run.run_dir, run.history, hparams=run.cfg.to_dict()))
+            sinks.append(MetricsSink(run.run_dir, run.state.history, hparams=run.cfg.to_dict()))
             scope.callback(sinks[-1].close)
-        stop = scope.enter_context(StopSignals())
-        for epoch in range(runs[0].epoch, cfg.train.epochs):
-            stack.optim.set_lr_factor(lr_at(epoch))
-            out = _train_epoch(stack, data, cfg, epoch, beta, stop)
-            _end_epoch(stack, data, epoch, out, sinks, quiet)
+        _run_epochs(stack, epochs, lr_at, sinks, quiet)
         for sink in sinks:
             sink.finish()                          # TensorBoard's HPARAMS tab: the run ended
         return [s.history for s in sinks]

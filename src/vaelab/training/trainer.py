@@ -1,11 +1,13 @@
 """The training loop, one for every model: what differs lives in the latent family and the estimator.
 
-Read top to bottom, nanoGPT-style. `Objective` is the loss, `estimator(model, x, kl_weight)`; `Step` is one
-optimisation step around it (forward, backward, clipping, the optimizer, the batch's metric sums kept on the
-device); `make_step` applies the wrappers around that one step: DDP and torch.compile around its forward, a CUDA
-graph around all of it. `train_epoch` runs the step over one epoch's batches. `TrainState` is everything a
-checkpoint holds, with a Fabric-style `state()` / `restore()` pair. `train` builds the rest from the config and runs
-the epochs (`Loop`: validate, checkpoint, log, stop cleanly on a signal or a divergence).
+Read top to bottom, nanoGPT-style. training/step.py holds the step: `Objective` is the loss,
+`estimator(model, x, kl_weight)`; `Step` is one optimisation step around it (forward, backward, clipping, the
+optimizer, the batch's metric sums kept on the device); `make_step` applies the wrappers around that one step: DDP
+and torch.compile around its forward, a CUDA graph around all of it. training/epoch.py's `EpochLoop.run` runs the
+step over one epoch's batches. Here: `TrainState` is everything a checkpoint holds, with a Fabric-style `state()` /
+`restore()` pair; `train` builds the rest from the config and runs the epochs (`Loop`: validate, checkpoint, log,
+stop cleanly on a signal or a divergence). The stacked-seeds model (training/stacked.py) runs its step through the
+same `EpochLoop` and writes the same `TrainState` checkpoints.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,174 +22,32 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from vaelab.config.checks import check_int
 from vaelab.config.schema import Config
-from vaelab.core import faults
 from vaelab.core.errors import Stopped, VaelabError
-from vaelab.estimators.base import Estimate
 from vaelab.evaluation.bounds import elbo_terms
 from vaelab.evaluation.gradvar import training_grad_stats
 from vaelab.optim.optimizers import Optimizers, build_optimizers
-from vaelab.optim.schedules import Schedule, kl_schedule, lr_schedule
+from vaelab.optim.schedules import kl_schedule, lr_schedule
 from vaelab.runs import best, lifecycle
-from vaelab.runs.lifecycle import RunLock, StopSignals
+from vaelab.runs.lifecycle import StopSignals
 from vaelab.runs.metrics_log import MemorySink, MetricsSink, steps_done
+from vaelab.runs.run_dir import RunLock
 from vaelab.runs.run_files import build, load_weights, nonfinite_training_state, prepare_data, save_checkpoint
 from vaelab.runs.train_state import check_optimizer_state
 from vaelab.runtime import distributed, hardware
 from vaelab.runtime.hardware import resolve_device
 from vaelab.training import cudagraph
-
-
-class Objective(nn.Module):
-    """The model and its estimator as one module, so DDP and torch.compile see every trained parameter (the
-    estimator's control networks too) and buffer. With `autocast` the estimator sees a twin of the model whose
-    encoder and decoder (the same modules, so the same parameters) run under autocast; validation and evaluation
-    keep using the fp32 model."""
-
-    def __init__(self, model: nn.Module, estimator: nn.Module, autocast: str | None = None) -> None:
-        super().__init__()
-        self.model, self.estimator = hardware.autocast_twin(model, autocast), estimator
-
-    def forward(self, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
-        return self.estimator(self.model, x, kl_weight)                # the loss, for every model and estimator
-
-
-class Step:
-    """One optimisation step on a batch; its loss, ELBO, reconstruction and KL sums are added to `sums` and kept
-    per step in `rows` (for TensorBoard's batch/* scalars), all on the device, so nothing waits for the GPU until
-    the epoch ends. Under torchrun the loss is weighted by this rank's share of the global batch
-    (`distributed.shard`); with `graphed` the whole step is replayed as a CUDA graph (training/cudagraph.py)."""
-
-    def __init__(self, forward: Callable[[Tensor, float | Tensor], Estimate], optim: Optimizers |
-                 torch.optim.Optimizer, grad_clip: float | None, ctx: distributed.Context, steps: int,
-                 graphed: bool = False) -> None:
-        self.forward, self.optim, self.grad_clip, self.ctx = forward, optim, grad_clip, ctx
-        self.params = [p for g in optim.param_groups for p in g["params"]]
-        self.sums = torch.zeros(4, device=ctx.device)                          # loss, elbo, rec, kl
-        self.rows = torch.zeros(steps, 4, device=ctx.device)                   # the same, step by step
-        self.count = torch.zeros(1, dtype=torch.long, device=ctx.device)       # steps taken (a graph replays it)
-        self.run = cudagraph.GraphedUpdate(self.update, optim) if graphed else self.update
-
-    def __call__(self, x: Tensor, kl_weight: float, weight: float = 1.0) -> None:
-        self.run(x, kl_weight, weight)
-
-    def update(self, x: Tensor, kl_weight: float | Tensor, weight: float = 1.0) -> None:
-        est = self.forward(x, kl_weight)                                       # estimator(model, x, kl_weight)
-        self.optim.zero_grad(set_to_none=True)
-        (est.loss * weight if self.ctx.distributed else est.loss).backward()  # DDP averages the ranks' grads
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optim.step()
-        faults.point("step")                                                   # tests: SIGKILL at step N
-        sums = torch.stack([est.loss.detach() * len(x), est.elbo.sum(), est.rec.sum(), est.kl.sum()])
-        self.sums += sums
-        self.rows.index_copy_(0, self.count, sums[None].to(self.rows.dtype))
-        self.count += 1
-
-    def reset(self, sums: list[float] | None = None, steps: int = 0) -> None:
-        """Start an epoch, or continue one a signal stopped after `steps` steps with these `sums`."""
-        if sums is None:
-            self.sums.zero_()
-        else:
-            self.sums.copy_(torch.tensor(sums, dtype=self.sums.dtype))
-        self.count.fill_(steps)
-
-    def per_image(self, batches: list[Tensor], first: int, upto: int | None = None,
-                  ctx: distributed.Context | None = None) -> tuple[list[float], list[list[float]]]:
-        """The epoch's mean loss, ELBO, rec and KL per image, and each step's from `first` (to `upto`): one
-        all-reduce under torchrun (`ctx`) and one read from the device."""
-        upto = len(batches) if upto is None else upto
-        summed = torch.cat([self.sums, self.rows[:upto].flatten()])
-        summed = summed if ctx is None else distributed.all_reduce_sum(summed, ctx)   # one collective per epoch
-        values = torch.cat([summed[:4] / sum(len(b) for b in batches), summed[4 + 4 * first:]]).tolist()
-        steps = [[v / len(b) for v in values[4 * j: 4 * j + 4]] for j, b in enumerate(batches[first:upto], 1)]
-        return values[:4], steps
-
-
-def make_step(cfg: Config, model: nn.Module, estimator: nn.Module, optim: Optimizers | torch.optim.Optimizer,
-              ctx: distributed.Context, probe: Tensor, steps: int) -> Step:
-    """The step `train` runs, wrapped: DDP under torchrun and torch.compile (train.compile) around its forward, a
-    CUDA graph around all of it (train.cuda_graph on a GPU; `optim` must then be capturable). `probe`: a few
-    images for DDP's unused-parameter check; `steps`: the most steps an epoch takes."""
-    t = cfg.train
-    forward: Any = Objective(model, estimator, t.autocast)
-    forward = distributed.ddp(forward, ctx, probe, sync_buffers=any(True for _ in estimator.buffers()))
-    if t.compile:
-        forward = hardware.compile_step(forward, t.compile_mode)
-    return Step(forward, optim, t.grad_clip, ctx, steps, graphed=cudagraph.enabled(t.cuda_graph, ctx.device))
-
-
-class Diverged(VaelabError):
-    """A non-finite epoch loss; `train` turns it into a message that says what the run directory still holds."""
-
-    def __init__(self, epoch: int, loss: float, what: str = "") -> None:
-        super().__init__(f"training diverged in epoch {epoch} ({what or f'loss {loss}'}): lower train.lr or set "
-                         "train.grad_clip")
-        self.epoch, self.loss = epoch, loss
-
-
-class EpochStopped(Exception):
-    """A stop signal arrived inside an epoch; `partial` is what a checkpoint needs to continue it exactly."""
-
-    def __init__(self, partial: dict[str, Any]) -> None:
-        super().__init__("stopped inside an epoch")
-        self.partial = partial
-
-
-def steps_per_epoch(cfg: Config, images: int) -> int:
-    """Batches of `cfg.train.batch_size` in `images` training images, capped by train.steps_per_epoch."""
-    return min(math.ceil(images / cfg.train.batch_size), cfg.train.steps_per_epoch or math.inf)
-
-
-def train_epoch(cfg: Config, model, estimator, optim, data, gen: torch.Generator, epoch: int,
-                show_progress: bool = False, beta: Schedule = lambda step: 1.0, ctx: distributed.Context | None = None,
-                step: Step | None = None, *, start: dict[str, Any] | None = None, stop: StopSignals | None = None,
-                probe: Callable[[int, Tensor], None] | None = None,
-                log_batches: Callable[[int, list[list[float]]], None] | None = None) -> dict[str, Any]:
-    """One pass over a fresh permutation; `step` (by default an eager Step around `estimator(model, x, kl_weight)`)
-    takes each batch, under torchrun this rank's share of it (`ctx`). `beta(step)` weights the trained KL
-    (train_loss); train_elbo/rec/kl are the unweighted ELBO terms, summed on the device and read once at the end,
-    with each step's values (`log_batches(steps before, values)`, TensorBoard). `start` (a checkpoint's "partial"
-    record) continues an epoch a signal stopped: the same images and permutation (the data RNG as it was at the
-    epoch's start), its first steps skipped, its sums restored. When `stop` is requested before a step, raises
-    EpochStopped with the record to continue from there. `probe(steps done, x)` follows each step."""
-    ctx = ctx or distributed.Context(device=data.x_train.device)
-    t0 = time.perf_counter()
-    model.train()
-    if start is not None:
-        gen.set_state(start["epoch_rng"])
-    epoch_rng = gen.get_state()
-    x_epoch = data.train_epoch_images(gen)                                       # [N, P]
-    batches = torch.randperm(len(x_epoch), generator=gen, device=gen.device).split(cfg.train.batch_size)
-    batches = distributed.keep_batches(batches[: cfg.train.steps_per_epoch or None], ctx)   # each rank gets >= 1
-    step = step or Step(Objective(model, estimator), optim, cfg.train.grad_clip, ctx, len(batches))
-    first, beta_sum, before = (start["step"], start["beta_sum"], start["seconds"]) if start else (0, 0.0, 0.0)
-    step.reset(start and start["sums"], first)
-    step0 = epoch * len(batches)
-    for i, idx in enumerate(tqdm(batches[first:], desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                                 disable=not show_progress, leave=False), first):
-        if stop is not None and stop.requested:                                  # one process: nothing to reduce
-            if log_batches is not None:
-                log_batches(step0 + first, step.per_image(batches, first, i)[1])
-            raise EpochStopped({"step": i, "epoch_rng": epoch_rng, "sums": step.sums.tolist(),
-                                "beta_sum": beta_sum, "seconds": before + time.perf_counter() - t0})
-        kl_weight = beta(step0 + i)                                              # a python float: no host sync
-        beta_sum += kl_weight
-        local, weight = distributed.shard(idx, ctx)                              # one process: idx, 1.0
-        step(x_epoch[local], kl_weight, weight)                                  # forward, backward, Adam
-        if probe is not None:
-            probe(step0 + i + 1, x_epoch[local])                                 # train.grad_stats_every
-    (loss, elbo, rec, kl), values = step.per_image(batches, first, ctx=ctx)
-    if not all(map(math.isfinite, (loss, elbo, rec, kl))):
-        raise Diverged(epoch + 1, loss)
-    if log_batches is not None:
-        log_batches(step0 + first, values)
-    return {"epoch": epoch + 1, "train_loss": loss, "train_elbo": elbo, "train_rec": rec, "train_kl": kl,
-            "kl_weight": beta_sum / len(batches), "lr": optim.param_groups[0]["lr"],
-            "seconds": before + time.perf_counter() - t0, "steps": len(batches)}
+from vaelab.training.epoch import (  # noqa: F401  (re-exported: benchmarks and tests import them from here)
+    Diverged,
+    EpochLoop,
+    EpochStopped,
+    divergence_message,
+    steps_per_epoch,
+    train_epoch,
+)
+from vaelab.training.step import Objective, Step, make_step  # noqa: F401  (re-exported, as above)
 
 
 @dataclass
@@ -290,10 +149,12 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
         grad_stats=bool(t.grad_stats_every))
     probe = GradProbe(t.grad_stats_every, t.grad_stats_draws, model, estimator, sink) \
         if t.grad_stats_every and ctx.is_main else None
+    show = not quiet and sys.stderr.isatty()
+    epochs = EpochLoop(cfg, data, ts.gen, model, step, optim, beta, ctx, show, probe, sink.log_batches)
     with contextlib.ExitStack() as scope:
         scope.callback(sink.close)
         scope.enter_context(hardware.matmul_precision(t.tf32, device))
-        Loop(cfg, run_dir, ts, data, ctx, step, sink, beta, lr_at, quiet, probe).run()
+        Loop(cfg, run_dir, ts, epochs, sink, lr_at, quiet).run()
         sink.finish()
         distributed.barrier(ctx)   # ranks leave together: tearing Gloo down while rank 0 still writes can abort
     return ts.history
@@ -315,18 +176,17 @@ class GradProbe:
 class Loop:
     """The epochs of one `train` call: train, validate, checkpoint, log; stop cleanly on a signal or divergence."""
 
-    def __init__(self, cfg: Config, run_dir: Path, ts: TrainState, data, ctx: distributed.Context, step: Step,
-                 sink: MetricsSink, beta: Schedule, lr_at: Callable[[int], float], quiet: bool,
-                 probe: GradProbe | None) -> None:
-        self.cfg, self.run_dir, self.ts, self.data, self.ctx, self.step = cfg, run_dir, ts, data, ctx, step
-        self.sink, self.beta, self.lr_at, self.quiet, self.probe = sink, beta, lr_at, quiet, probe
+    def __init__(self, cfg: Config, run_dir: Path, ts: TrainState, epochs: EpochLoop, sink: MetricsSink,
+                 lr_at: Callable[[int], float], quiet: bool) -> None:
+        self.cfg, self.run_dir, self.ts, self.epochs, self.sink = cfg, run_dir, ts, epochs, sink
+        self.data, self.ctx, self.lr_at, self.quiet = epochs.data, epochs.ctx, lr_at, quiet
 
     def checkpoint(self) -> None:
         if self.ctx.is_main:
             save_checkpoint(self.run_dir, self.cfg, self.ts.model, self.ts.estimator, self.ts.state())
 
     def run(self) -> None:
-        cfg, ctx, ts, show = self.cfg, self.ctx, self.ts, not self.quiet and sys.stderr.isatty()
+        cfg, ctx, ts = self.cfg, self.ctx, self.ts
         with StopSignals() as stop:
             for epoch in range(ts.epoch, cfg.train.epochs):
                 if best.stop_early(cfg.train, ts.history, ctx, self.quiet):     # train.early_stop_patience
@@ -334,9 +194,7 @@ class Loop:
                 distributed.seed_sampling(cfg.train.seed, ctx, epoch)   # per-rank noise; one process: no-op
                 ts.optim.set_lr_factor(self.lr_at(epoch))
                 try:
-                    row = train_epoch(cfg, ts.model, ts.estimator, ts.optim, self.data, ts.gen, epoch, show,
-                                      self.beta, ctx, self.step, start=ts.partial, probe=self.probe,
-                                      stop=None if ctx.distributed else stop, log_batches=self.sink.log_batches)
+                    row = self.epochs.run(epoch, ts.partial, None if ctx.distributed else stop)
                 except EpochStopped as halt:
                     ts.partial = halt.partial
                     self.check_finite(epoch + 1)
@@ -385,10 +243,5 @@ class Loop:
 
     def diverged(self, err: Diverged) -> VaelabError:
         """The divergence message, true to what the run directory holds."""
-        if lifecycle.has_checkpoint(self.run_dir):
-            done = len(self.ts.history)
-            which = f"of epoch {done}" if done else f"from inside epoch {err.epoch}"
-            return VaelabError(f"{err}; the last good checkpoint ({which}) is kept: evaluate it, or train with "
-                               "new settings into another --out")
-        return VaelabError(f"{err}, then rerun `vaelab train CONFIG --out {self.run_dir}` (no checkpoint was "
-                           "written; it restarts the run)")
+        return divergence_message(err, lifecycle.has_checkpoint(self.run_dir), len(self.ts.history),
+                                  f"`vaelab train CONFIG --out {self.run_dir}`")
