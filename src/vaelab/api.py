@@ -10,18 +10,17 @@
 `data` is a source name ("digits", "mnist", ...), a path, or arrays: `x_train`, `(x_train, x_test)` or a dict of
 x_train / x_test / x_valid with optional y_* labels (numpy or torch), checked like a user .npz and stored as
 RUN/data.npz. Everything the CLI does goes through the same functions (train.train, run_tasks.evaluate_run, ...),
-so a number from Python equals the number from the command line for the same run. A bad argument raises an
-`ArgumentError` (a ValueError) or an `ArgumentTypeError` (a TypeError), both VaelabErrors with one line.
+so a number from Python equals the number from the command line for the same run. Arguments are checked as the
+CLI checks its options (api_args.py): a bad value raises an `ArgumentError` (a ValueError), a wrong type an
+`ArgumentTypeError` (a TypeError), both VaelabErrors with the CLI's one line; numpy scalars and paths are taken.
 """
 
 from __future__ import annotations
 
-import contextlib
-import numbers
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,28 @@ import yaml
 from safetensors import safe_open
 from torch import Tensor
 
-from vaelab.cli.args import IMAGE_EXTENSIONS, SAMPLE_N_MAX
-from vaelab.config.checks import IW_SAMPLES_MAX, SEED_MAX, check_count, check_output_file
+from vaelab.api_args import (
+    SHORTCUTS,
+    ArgumentError,
+    ArgumentTypeError,
+    as_argument_error,
+    bool_arg,
+    choice_arg,
+    components_arg,
+    config_arg,
+    device_arg,
+    image_path,
+    int_arg,
+    path_arg,
+    save_path,
+    scalar,
+    seed_arg,
+    shortcut,
+    shown,
+)
+from vaelab.cli.args import IMAGE_EXTENSIONS, QUALITY_N_MAX, SAMPLE_N_MAX
+from vaelab.cli.main import absolute_data_path
+from vaelab.config.checks import IW_SAMPLES_MAX
 from vaelab.config.schema import Config, config_from_values, config_from_yaml_text, load_config
 from vaelab.core import yaml_io
 from vaelab.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
@@ -43,68 +62,21 @@ from vaelab.runs.lifecycle import check_run_dir
 from vaelab.runs.run_files import LoadedRun, open_run
 from vaelab.training.trainer import train
 
-SHORTCUTS = {"data": "data.source", "estimator": "estimator.name", "latent": "model.latent", "epochs": "train.epochs",
-             "seed": "train.seed", "device": "train.device", "lr": "train.lr"}
+__all__ = ["ArgumentError", "ArgumentTypeError", "Run", "fit", "load", "overrides_from"]
+
 DATA_FILE = "data.npz"     # arrays given to `fit(data=...)`, stored in the run directory
 DATA_KEYS = ("x_train", "x_valid", "x_test", "y_train", "y_valid", "y_test")
-
-
-class ArgumentError(VaelabError, ValueError):
-    """A bad argument value given to the Python API (one line: the problem and the fix)."""
-
-
-class ArgumentTypeError(VaelabError, TypeError):
-    """An argument of the wrong type given to the Python API (one line: what was given and what is wanted)."""
-
-
-@contextlib.contextmanager
-def _as_argument_error(replace: tuple[str, str] | None = None) -> Iterator[None]:
-    """Re-raise a VaelabError of a shared check as an ArgumentError (the same line; `replace` rewrites a path)."""
-    try:
-        yield
-    except ArgumentError:
-        raise
-    except VaelabError as err:
-        message = str(err).replace(*replace) if replace else str(err)
-        raise ArgumentError(message) from None
-
-
-def _int_arg(name: str, value: Any, lo: int, hi: int, why: str = "") -> int:
-    """`value` as an int in [lo, hi] (numpy integers pass; floats and bools do not), as the CLI checks its counts."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(f"{name} = {value!r} is a {type(value).__name__}: give an int from {lo} to {hi:,}")
-    with _as_argument_error():
-        check_count(name, int(value), lo, hi, why)
-    return int(value)
-
-
-def _choice_arg(name: str, value: Any, choices: tuple[str | None, ...]) -> Any:
-    if value not in choices:
-        shown = [c for c in choices if c is not None]
-        raise ArgumentError(f"{name} = {value!r} is not known: {did_you_mean(value, shown)}choose one of "
-                            f"{', '.join(shown)}")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Numpy scalars, 0-d tensors and paths as plain Python values (what YAML and the config checks take)."""
-    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.ndim == 0):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+PRIORS = (None, "normal", "gmm")    # `sample`'s and `quality`'s prior: None is the run's own choice
+QUALITY_K = 3                       # neighbours of the precision/recall manifolds (`vaelab quality --k`'s default)
 
 
 def overrides_from(kwargs: dict[str, Any]) -> list[str]:
     """Keyword arguments as `--set` overrides: shortcuts (`estimator="disarm"`, `epochs=3`), whole sections
-    (`train={"lr": 1e-3}`) or dotted keys (`**{"train.lr": 1e-3}`). Numpy scalars and paths become plain values."""
+    (`train={"lr": 1e-3}`) or dotted keys (`**{"train.lr": 1e-3}`). Numpy scalars, 0-d arrays and paths become
+    plain values; another object, or a shortcut of the wrong type (`epochs=2.5`), is an ArgumentTypeError."""
     out = []
     for key, value in kwargs.items():
-        value = _plain(value)
+        value = shortcut(key, value)
         if isinstance(value, dict) and key not in SHORTCUTS:
             out += overrides_from({f"{key}.{k}": v for k, v in value.items()})
             continue
@@ -135,8 +107,11 @@ def data_arrays(data: Any) -> dict[str, np.ndarray]:
             raise ArgumentError(f"data has key {unknown[0]!r}: {did_you_mean(unknown[0], DATA_KEYS)}use "
                                 f"{', '.join(DATA_KEYS)}")
         arrays = {k: _array(v, f"data[{k!r}]") for k, v in data.items()}
-    else:
+    elif isinstance(data, np.ndarray | Tensor | list):
         arrays = {"x_train": _array(data, "data")}
+    else:
+        raise ArgumentTypeError(f"data = {shown(data)} is a {type(data).__name__}: give a source name, a path, or "
+                                "images (a numpy array or a torch tensor, a tuple or a dict of them)")
     if "x_train" not in arrays:
         raise ArgumentError(f"data has keys {sorted(arrays)}: x_train is required (x_test and x_valid optional)")
     if "x_test" not in arrays:
@@ -168,7 +143,7 @@ def store_data(data: Any, run_dir: Path) -> Path:
     try:
         with atomic_path(target) as tmp:
             np.savez(tmp, **arrays)
-            with _as_argument_error((str(tmp), "data")):
+            with as_argument_error((str(tmp), "data")):
                 load_dataset(str(tmp))
     except ArgumentError:
         if made:
@@ -194,8 +169,8 @@ class Run:
     `fit` was given no `out`, removed by `close`, at the end of a `with` block, or when garbage-collected)."""
 
     def __init__(self, path: str | Path, device: str = "auto", tmp: tempfile.TemporaryDirectory | None = None):
-        self.path, self._tmp = Path(path), tmp
-        self.loaded: LoadedRun = open_run(self.path, device, _moved_data(self.path))
+        self.path, self._tmp = Path(path_arg("path", path)), tmp
+        self.loaded: LoadedRun = open_run(self.path, device_arg("device", device), _moved_data(self.path))
 
     cfg = property(lambda self: self.loaded.cfg, doc="The run's Config.")
     model = property(lambda self: self.loaded.model, doc="The VAE (encoder, latent family, decoder), eval mode.")
@@ -237,8 +212,8 @@ class Run:
         """Images [N, P] decoded from the posterior mean codes of x; mode probs | threshold | bernoulli."""
         from vaelab.models.sampling import DECODE_MODES, reconstruct
 
-        _choice_arg("mode", mode, tuple(DECODE_MODES))
-        seed = _int_arg("seed", seed, 0, SEED_MAX)
+        choice_arg("mode", mode, tuple(DECODE_MODES))
+        seed = seed_arg("seed", seed)
         x = self._images(x)
         gen = torch.Generator(self.loaded.device).manual_seed(seed)
         return torch.cat([reconstruct(self.model, xb, mode, gen) for xb in x.split(self.cfg.eval.batch_size)])
@@ -249,15 +224,15 @@ class Run:
         An autoencoder uses its fitted mixture (`fit_density` first) and the proposal `vaelab evaluate` uses."""
         from vaelab.evaluation.bounds import iw_loglik
 
-        k = _int_arg("k", k, 1, IW_SAMPLES_MAX)
-        seed = _int_arg("seed", seed, 0, SEED_MAX)
+        k = int_arg("k", k, 1, IW_SAMPLES_MAX)
+        seed = seed_arg("seed", seed)
         x = self._images(x, binary=True)
         model, proposal = self.model, None
         if model.is_autoencoder:
             from vaelab.evaluation.ae_likelihood import PROPOSAL_FIT_IMAGES, WithPrior, fit_proposal
             from vaelab.models.density import load_run_density
 
-            model = WithPrior(model, load_run_density(self.path).to_torch(self.loaded.device))
+            model = WithPrior(model, load_run_density(self.path, model.latent.dim).to_torch(self.loaded.device))
             proposal = fit_proposal(model, self.data.x_valid[:PROPOSAL_FIT_IMAGES], seed=seed)[0]
         torch.manual_seed(seed)
         return iw_loglik(model, x, k, self.cfg.eval.batch_size, proposal=proposal)
@@ -267,8 +242,8 @@ class Run:
         from vaelab.evaluation.run_eval import evaluate_run
 
         if iw_samples is not None:
-            iw_samples = _int_arg("iw_samples", iw_samples, 0, IW_SAMPLES_MAX)
-        return evaluate_run(self.loaded, self.path, iw_samples, exact=exact)
+            iw_samples = int_arg("iw_samples", iw_samples, 0, IW_SAMPLES_MAX, "; 0 skips the IW estimate")
+        return evaluate_run(self.loaded, self.path, iw_samples, exact=bool_arg("exact", exact))
 
     def sample(self, n: int = 100, mode: str = "bernoulli", prior: str | None = None, seed: int = 0) -> Tensor:
         """n images [n, P] decoded from prior codes: mode bernoulli | threshold | probs; prior normal | gmm.
@@ -276,10 +251,10 @@ class Run:
         from vaelab.evaluation.run_eval import sampling_prior
         from vaelab.models.sampling import DECODE_MODES, sample
 
-        n = _int_arg("n", n, 1, SAMPLE_N_MAX, " of one call")
-        seed = _int_arg("seed", seed, 0, SEED_MAX)
-        _choice_arg("mode", mode, tuple(DECODE_MODES))
-        _choice_arg("prior", prior, (None, "normal", "gmm"))
+        n = int_arg("n", n, 1, SAMPLE_N_MAX, " of one call")
+        seed = seed_arg("seed", seed)
+        choice_arg("mode", mode, tuple(DECODE_MODES))
+        choice_arg("prior", prior, PRIORS)
         p_z, _, _ = sampling_prior(self.loaded, self.path, prior)
         torch.manual_seed(seed)
         return sample(self.model, n, mode, p_z, torch.Generator(self.loaded.device).manual_seed(seed))
@@ -291,19 +266,22 @@ class Run:
         from vaelab.evaluation.run_eval import sample_grid
         from vaelab.models.sampling import DECODE_MODES
 
-        n = _int_arg("n", n, 1, SAMPLE_N_MAX, " of one call")
-        seed = _int_arg("seed", seed, 0, SEED_MAX)
-        _choice_arg("mode", mode, tuple(DECODE_MODES))
-        _choice_arg("prior", prior, (None, "normal", "gmm"))
-        with _as_argument_error():
-            check_output_file(_plain(path), "path", IMAGE_EXTENSIONS)
-        return sample_grid(self.loaded, self.path, n, mode, prior, seed=seed, out=Path(path))
+        n = int_arg("n", n, 1, SAMPLE_N_MAX, " of one grid")
+        seed = seed_arg("seed", seed)
+        choice_arg("mode", mode, tuple(DECODE_MODES))
+        choice_arg("prior", prior, PRIORS)
+        out = image_path(path, "path", IMAGE_EXTENSIONS)
+        return sample_grid(self.loaded, self.path, n, mode, prior, seed=seed, out=out)
 
     def fit_density(self, components: int | str = 20, covariance: str = "full", seed: int = 0):
-        """Fit a Gaussian mixture to the training codes (K by BIC with "auto"); returns the GMMDensity."""
+        """Fit a Gaussian mixture to the training codes (K by BIC with "auto"); returns the GMMDensity.
+        `components` from 1 to the number of training images, or "auto"; `covariance` full | tied | diag | spherical."""
         from vaelab.evaluation.run_eval import fit_run_density
+        from vaelab.models.density import COVARIANCE_TYPES
 
-        return fit_run_density(self.loaded, self.path, _plain(components), covariance, seed)[0]
+        components = components_arg(components, len(self.data.x_train))
+        choice_arg("covariance", covariance, COVARIANCE_TYPES)
+        return fit_run_density(self.loaded, self.path, components, covariance, seed_arg("seed", seed))[0]
 
     def quality(self, n: int = 10000, mode: str = "bernoulli", prior: str | None = None,
                 classifier: str | Path | None = None) -> dict[str, Any]:
@@ -311,19 +289,28 @@ class Run:
         on mnist or mnist-static, else with `classifier`, a file of `vaelab classifier train --data SOURCE` for
         the run's own data; any other pairing raises a VaelabError naming both data sets."""
         from vaelab.evaluation.run_eval import quality_run
+        from vaelab.models.sampling import DECODE_MODES
 
-        return quality_run(self.loaded, self.path, _plain(n), mode, prior,
-                           None if classifier is None else str(classifier))
+        n = int_arg("n", n, QUALITY_K + 1, QUALITY_N_MAX, " of samples held in memory")
+        choice_arg("mode", mode, tuple(DECODE_MODES))
+        choice_arg("prior", prior, PRIORS)
+        classifier = None if classifier is None else path_arg("classifier", classifier)
+        return quality_run(self.loaded, self.path, n, mode, prior, classifier, QUALITY_K)
 
     def save(self, path: str | Path) -> Path:
         """Copy the run directory to `path` (which must not exist); `vaelab.load(path)` and every CLI command open
-        it. A run trained on arrays keeps them as PATH/data.npz, and the copy's config points there."""
-        path = Path(path)
-        if path.exists():
-            raise VaelabError(f"{path} exists: save to a new path")
-        shutil.copytree(self.path, path, ignore=shutil.ignore_patterns("train.lock", "*.tmp"))
-        if self.cfg.data.source == str(self.path.resolve() / DATA_FILE):
-            _repoint_data(path, str(path.resolve() / DATA_FILE))
+        it. A run trained on arrays keeps them as PATH/data.npz, and the copy's config points there. The copy is made
+        beside PATH and renamed into place: PATH is the whole run or nothing. PATH inside the run itself is refused."""
+        path = save_path(path, self.path)
+        tmp = path.parent / f".{path.name}.save-{os.getpid()}.tmp"
+        try:
+            shutil.copytree(self.path, tmp, ignore=shutil.ignore_patterns("train.lock", "*.tmp"))
+            if self.cfg.data.source == str(self.path.resolve() / DATA_FILE):
+                _repoint_data(tmp, str(path.resolve() / DATA_FILE))
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return path
 
     def close(self) -> None:
@@ -369,19 +356,20 @@ def fit(config: str | Path | Config | dict | None = "gaussian_vae", out: str | P
     `train={"lr": 1e-3}`; dotted keys). With `out` the run is written there (as `vaelab train ... --out`); without,
     it lives in a temporary directory until the Run is closed or saved. As with `vaelab train`, the run's name and
     description say what the overrides change: `fit("bernoulli_vae", estimator="disarm")` is bernoulli_vae-disarm."""
-    config, out = _plain(config), _plain(out)
-    arrays = data is not None and not isinstance(_plain(data), str)
+    config, source = config_arg(config), scalar(data)
+    out, quiet = None if out is None else path_arg("out", out), bool_arg("quiet", quiet)
+    arrays = data is not None and not isinstance(source, str | os.PathLike)
     tmp = tempfile.TemporaryDirectory(prefix="vaelab-") if out is None else None
     run_dir = Path(tmp.name) / "run" if tmp is not None else Path(out)
     try:
-        if data is not None:
-            overrides["data"] = str(run_dir.resolve() / DATA_FILE) if arrays else _plain(data)
-        if isinstance(config, Config):
-            config = config.to_dict()
-        if isinstance(config, dict):
-            cfg = config_from_values(config, overrides_from(overrides), named=True)
-        else:
-            cfg = load_config(config, overrides_from(overrides), named=True)
+        if data is not None:   # a relative data path made absolute, as `vaelab train --data` does
+            overrides["data"] = str(run_dir.resolve() / DATA_FILE) if arrays else absolute_data_path(
+                path_arg("data", source))
+        with as_argument_error():
+            if isinstance(config, dict):
+                cfg = config_from_values(config, overrides_from(overrides), named=True)
+            else:
+                cfg = load_config(config, overrides_from(overrides), named=True)
         if arrays:   # described without the (temporary) path: "... with data arrays given to vaelab.fit in place ..."
             cfg.description = cfg.description.replace(overrides["data"], "arrays given to vaelab.fit")
             store_data(data, run_dir)

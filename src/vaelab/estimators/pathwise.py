@@ -201,14 +201,13 @@ class AntitheticPair(Estimator):
         b = self.pair(u, probs)                                 # [2, B, D]
         f = model.likelihood(b).log_prob(x) if self.signal == "rec" else elbo_signal(model, q, b, x, kl_weight)
         g = self.logit_gradient(f.detach(), b, u, logits.detach())  # [B, D] d E_q[f] / d logits
+        encoder = ((logits - logits.detach()) * g).sum(-1)      # [B] zero in value, gradient g through the logits
         if self.signal == "rec":
-            rec = f.mean(0)                                     # [B]
-            kl = model.kl(q)
-            loss = kl_weight * kl - rec - ((logits - logits.detach()) * g).sum(-1)
+            rec, kl = f.mean(0), model.kl(q)                    # [B] each
+            generative = kl_weight * kl - rec                   # [B] the decoder's (and prior's) loss
         else:
             generative, rec, kl = fresh_sample_elbo(model, q, x, kl_weight)   # [B] each
-            loss = generative - ((logits - logits.detach()) * g).sum(-1)
-        return estimate(loss.mean(), rec, kl)
+        return estimate((generative - encoder).mean(), rec, kl)
 
 
 @ESTIMATORS.register("disarm")
