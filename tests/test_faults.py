@@ -251,3 +251,91 @@ def test_a_lock_file_left_by_a_dead_process_is_taken_over(straight, tmp_path, cl
     assert cli("train", CONFIG, "--out", run, *ARGS)[0] == 0
     assert_same_run(straight, run)
     assert not (run / LOCK_FILE).exists()                      # removed by the process that took it over
+
+
+# ------------------------------------------------------------------------------------- a stop during start-up
+
+# A child `vaelab` that raises SIGNAL on itself at a named point of its start-up, then runs main(ARGV): `torch`, the
+# first import of torch (inside vaelab's own imports, after main began); `config`, just after the run's config.yaml
+# is written (the run directory exists, nothing is trained yet); `finished`, after the last epoch (training over).
+STARTUP_CHILD = """
+import builtins, signal, sys
+point, sig, argv = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3:]
+if point == "torch":
+    real_import = builtins.__import__
+    def hooked(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            builtins.__import__ = real_import
+            signal.raise_signal(sig)
+        return real_import(name, *args, **kwargs)
+    builtins.__import__ = hooked
+elif point == "finished":
+    from vaelab.runs.metrics_log import MetricsSink
+    finish = MetricsSink.finish
+    def finished(self):
+        finish(self)
+        signal.raise_signal(sig)
+    MetricsSink.finish = finished
+else:
+    from vaelab.runs import lifecycle
+    write = lifecycle.atomic_write_text
+    def written(path, *args, **kwargs):
+        out = write(path, *args, **kwargs)
+        if path.name == "config.yaml":
+            signal.raise_signal(sig)
+        return out
+    lifecycle.atomic_write_text = written
+from vaelab.cli.main import main
+sys.exit(main(argv))
+"""
+
+
+def stopped_child(point: str, sig: str, *argv: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", STARTUP_CHILD, point, sig, *map(str, argv)], env=ENV, timeout=600,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("point", "sig"), [("torch", "SIGTERM"), ("torch", "SIGHUP"), ("config", "SIGTERM")])
+def test_a_stop_during_start_up_is_one_line_and_the_command_reruns(point, sig, straight, tmp_path, cli):
+    """SIGTERM or SIGHUP while torch imports, or just after config.yaml appears: exit 128 + signum and one line
+    (not death by the signal); nothing trained, and the same command then trains the run as if never stopped."""
+    run = tmp_path / "run"
+    proc = stopped_child(point, sig, "train", CONFIG, "--out", run, *ARGS)
+    signum = getattr(signal, sig)
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert one_line(proc.stderr) == f"vaelab: stopped by {sig} during start-up: nothing was trained; rerun the command"
+    assert not (run / "checkpoint").exists()
+    assert (run / "config.yaml").is_file() == (point == "config")
+    code, _, err = cli("train", CONFIG, "--out", run, *ARGS)
+    assert code == 0 and ("restarting it" in err) == (point == "config")
+    assert_same_run(straight, run)
+
+
+def test_a_stop_once_the_run_is_locked_is_one_line_in_process(tmp_path, cli, fault):
+    """The in-process path (the pytest process's own handlers are put back after): SIGTERM right after the run's
+    lock is taken, before anything is written."""
+    before = signal.getsignal(signal.SIGTERM)
+    fault("locked:1:TERM")
+    code, _, err = cli("train", CONFIG, "--out", tmp_path / "run", *ARGS)
+    assert code == 128 + signal.SIGTERM
+    assert one_line(err) == "vaelab: stopped by SIGTERM during start-up: nothing was trained; rerun the command"
+    assert not (tmp_path / "run" / "config.yaml").exists() and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_stop_while_another_command_starts_names_it(straight, tmp_path):
+    proc = stopped_child("torch", "SIGTERM", "evaluate", straight, "--iw-samples", "5", "--quiet")
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert one_line(proc.stderr) == "vaelab: stopped by SIGTERM before `vaelab evaluate` finished: rerun the command"
+    assert not (straight / "eval.json").exists()
+
+
+def test_a_stop_after_the_last_epoch_does_not_claim_nothing_was_trained(straight, tmp_path):
+    """Once training began the start-up line no longer applies (StopSignals handed it over): a stop after the last
+    epoch says the run is checkpointed, and the run is whole."""
+    run = tmp_path / "run"
+    proc = stopped_child("finished", "SIGTERM", "train", CONFIG, "--out", run, *ARGS)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert one_line(proc.stderr).startswith("vaelab: stopped by SIGTERM as training ended: every finished epoch is "
+                                            "checkpointed")
+    assert read_checkpoint(run)[2]["epoch"] == 2
+    assert_same_run(straight, run)

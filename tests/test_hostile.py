@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hostile_cases_cli import CASES as CLI_CASES
+from hostile_cases_files import CASES as FILE_CASES
 from hostile_helpers import (
     ABSURD,
     CONFIG,
@@ -310,7 +312,8 @@ LIFECYCLE_CASES = [
     Case("evaluate-no-checkpoint", cmd("evaluate", "WS/nothing"), "no checkpoint in"),
 ]
 
-CASES = CONFIG_CASES + DATA_CASES + CHECKPOINT_CASES + ARGUMENT_CASES + FILESYSTEM_CASES + LIFECYCLE_CASES
+CASES = (CONFIG_CASES + DATA_CASES + CHECKPOINT_CASES + ARGUMENT_CASES + FILESYSTEM_CASES + LIFECYCLE_CASES
+         + CLI_CASES + FILE_CASES)
 
 
 # ------------------------------------------------------------------------------------------------- the runner

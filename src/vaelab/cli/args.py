@@ -26,6 +26,18 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def given(what: str):
+    """An argparse `type` for a string option whose value must not be empty or blank (`--out ''` would write into
+    the current directory, `--data ''` fall back to the config's source): refused as "argument --out: an empty
+    value: give WHAT"."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"an empty value: give {what}")
+        return text
+    check.__name__ = "non-empty"
+    return check
+
+
 def check_seed(flag: str, value: int | None) -> None:
     """A `--seed` in 0..2^63-1 (None: not given): config.checks.check_seed, the one seed check, worded as a count."""
     from vaelab.config.checks import check_seed as check

@@ -1,4 +1,5 @@
-"""Command line: thin argparse over the library. Every VaelabError becomes one line on stderr and exit code 2.
+"""Command line: thin argparse over the library. Every VaelabError becomes one line on stderr and exit code 2;
+SIGTERM or SIGHUP outside training (`StopGuard`, from main's first line) one line and exit code 128 + signum.
 
 Each command is an `add_<command>(sub)` that declares its arguments beside the `cmd_<command>(args)` that runs it:
 train, evaluate, sample, bundle, unbundle and list here; fit-density, quality, classifier, gradvar and reproduce
@@ -12,11 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from vaelab.cli import study as cli_study
-from vaelab.cli.args import IMAGE_EXTENSIONS, SAMPLE_N_MAX, Parser, add_quiet, check_seed
+from vaelab.cli.args import IMAGE_EXTENSIONS, SAMPLE_N_MAX, Parser, add_quiet, check_seed, given
 from vaelab.core.errors import Stopped, VaelabError
 
 # `vaelab sweep`, `compare` and `stack` are declared in modules that import torch (sweep.add_parsers): `parser()`
@@ -32,14 +37,17 @@ ORCHESTRATION_HELP = {
 def add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", nargs="?", help="YAML preset, e.g. configs/gaussian_vae.yaml")
-    t.add_argument("--data", help="mnist | digits | PATH (.npz or MNIST IDX folder)")
+    t.add_argument("--data", type=given("mnist, digits or a PATH"),
+                   help="mnist | digits | PATH (.npz or MNIST IDX folder)")
     t.add_argument("--epochs", type=int, help="train.epochs; with --resume, extend a run to this many epochs")
     t.add_argument("--seed", type=int, help="train.seed: the run's initialisation, data order and sampling noise")
-    t.add_argument("--estimator", help="gradient estimator name (see `vaelab list`)")
-    t.add_argument("--device", help="auto | cpu | cuda")
-    t.add_argument("--out", help="run directory (default runs/<config name>, plus what --estimator, --data and "
-                   "--seed change, e.g. runs/bernoulli_vae-disarm-digits)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--estimator", type=given("an estimator name (see `vaelab list`)"),
+                   help="gradient estimator name (see `vaelab list`)")
+    t.add_argument("--device", type=given("auto, cpu, cuda or cuda:N"), help="auto | cpu | cuda")
+    t.add_argument("--out", type=given("a run directory"), help="run directory (default runs/<config name>, plus "
+                   "what --estimator, --data and --seed change, e.g. runs/bernoulli_vae-disarm-digits)")
+    t.add_argument("--resume", metavar="RUN_DIR", type=given("the run directory to continue"),
+                   help="continue an interrupted run")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     t.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="torch.compile the training step (sets train.compile and train.compile_mode: default, or "
@@ -253,8 +261,68 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+class StartupStop(BaseException):
+    """SIGTERM or SIGHUP outside training, raised where the process was (a BaseException, so no `except Exception`
+    on the way swallows it); `main` turns it into one line and exit code 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopGuard:
+    """SIGTERM and SIGHUP from the first line of `main` to its last: each raises StartupStop, so a command stopped
+    while torch imports, a config loads or a run directory is being set up ends in one line instead of dying
+    silently with -15. Training replaces this handler with runs/lifecycle.StopSignals (a checkpoint at the next safe
+    point), which calls `hand_over` and puts this one back when training ends. In the main thread only."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, command: str | None) -> None:
+        self.command, self.trained, self.fired = command, False, False
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.fired:              # a second signal while the first one unwinds: already stopping
+            self.fired = True
+            raise StartupStop(signum)
+
+    def hand_over(self) -> None:
+        """Training began (StopSignals took the signals over): a later stop is no longer before training."""
+        self.trained = True
+
+    def line(self, signum: int) -> str:
+        """The one line a stop by `signum` prints, true to how far the command got."""
+        name = signal.Signals(signum).name
+        if self.command != "train":
+            return f"stopped by {name} before `vaelab {self.command}` finished: rerun the command"
+        if self.trained:
+            return (f"stopped by {name} as training ended: every finished epoch is checkpointed; "
+                    "`vaelab train --resume RUN_DIR` trains any epochs left")
+        return f"stopped by {name} during start-up: nothing was trained; rerun the command"
+
+    def __enter__(self) -> StopGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    with StopGuard(command_of(argv)) as guard:
+        try:
+            return run(argv)
+        except StartupStop as stop:
+            print(f"vaelab: {guard.line(stop.signum)}", file=sys.stderr)
+            return 128 + stop.signum
+
+
+def run(argv: list[str]) -> int:
+    """Parse `argv` and run its command; every refusal is one line on stderr and an exit code."""
     args = parser(command_of(argv)).parse_args(argv)
     try:
         if args.imports:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaelab.cli.args import BATCH_MAX, DRAWS_MAX, QUALITY_N_MAX, WARMUP_MAX, add_quiet, check_seed
+from vaelab.cli.args import BATCH_MAX, DRAWS_MAX, QUALITY_N_MAX, WARMUP_MAX, add_quiet, check_seed, given
 from vaelab.core.errors import VaelabError
 
 if TYPE_CHECKING:
@@ -163,14 +163,17 @@ def add_gradvar(sub) -> None:
                        "training batch and compares it with the exact gradient of the ELBO (enumeration of all "
                        "2^D codes when D <= 16, else a high-draw RLOO reference).")
     g.add_argument("source", metavar="CONFIG_OR_RUN", help="a YAML config (initial parameters) or a run directory")
-    g.add_argument("--estimators", default="sfe,sfe-avg,nvil,rloo,disarm,gumbel", help="comma-separated names")
+    g.add_argument("--estimators", default="sfe,sfe-avg,nvil,rloo,disarm,gumbel",
+                   type=given("comma-separated estimator names, e.g. disarm,rloo (see `vaelab list`)"),
+                   help="comma-separated names")
     g.add_argument("--draws", type=int, default=1000)
     g.add_argument("--batch", type=int, help="images in the fixed batch (default: the config's batch size)")
     g.add_argument("--warmup", type=int, default=100,
                    help="steps training fresh estimators' baselines on the batch before measuring (model fixed)")
-    g.add_argument("--data", help="override data.source: mnist | digits | PATH")
+    g.add_argument("--data", type=given("mnist, digits or a PATH"), help="override data.source: mnist | digits | PATH")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    g.add_argument("--out", help="output folder (default RUN/gradvar or runs/<config name>/gradvar)")
+    g.add_argument("--out", type=given("an output folder"),
+                   help="output folder (default RUN/gradvar or runs/<config name>/gradvar)")
     g.add_argument("--device", default="auto")
     g.add_argument("--seed", type=int, default=0)
     add_quiet(g)
@@ -189,6 +192,9 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
     if args.out:
         check_writable_dir(args.out, "--out")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
+    if not names:
+        raise VaelabError(f"--estimators {args.estimators!r} names no estimator: give comma-separated names, e.g. "
+                          "--estimators disarm,rloo (see `vaelab list`)")
     result, default_out = gradvar(args.source, names, args.draws, args.batch, args.warmup, args.set,
                                   args.device, args.seed, args.data, progress=not args.quiet)
     out = Path(args.out or default_out)
@@ -202,9 +208,11 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
 
 def add_reproduce(sub) -> None:
     r = sub.add_parser("reproduce", help="the whole study: train, evaluate, every figure, report.html")
-    r.add_argument("--out", default="reports/study", help="output directory (default reports/study)")
+    r.add_argument("--out", default="reports/study", type=given("an output directory"),
+                   help="output directory (default reports/study)")
     r.add_argument("--quick", action="store_true", help="short training and small K: minutes on a CPU")
-    r.add_argument("--data", help="override every model's data: mnist | digits | PATH")
+    r.add_argument("--data", type=given("mnist, digits or a PATH"),
+                   help="override every model's data: mnist | digits | PATH")
     r.add_argument("--epochs", type=int, help="override every model's epochs")
     r.add_argument("--device", default="auto")
     r.add_argument("--force", action="store_true", help="retrain every model")

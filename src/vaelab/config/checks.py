@@ -14,12 +14,14 @@ import os
 import tempfile
 import types
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 from vaelab.config import names
 from vaelab.core.errors import VaelabError, check_choice, check_number, did_you_mean
 from vaelab.core.plugins import entry_point_plugins, load_plugins, recorded
+from vaelab.optim.param_groups import check_param_groups
 from vaelab.optim.schedules import kl_schedule, lr_schedule
 
 SEED_MAX = 2**63 - 1            # torch and numpy seeds: 0 .. 2^63-1
@@ -27,6 +29,7 @@ SIZE_MAX = 65536                # the largest layer width, channel count or late
 DECODER_BIASES = ("zero", "data_mean")
 DECODER_INPUTS = ("code", "centered")
 INITS = ("torch", "glorot_uniform")
+CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")   # NUL, ESC, DEL, C1 controls; U+2028, U+2029: refused in a config name
 
 
 def check_int(where: str, value: Any, lo: int, hi: int | None = None, fix: str = "") -> None:
@@ -148,31 +151,6 @@ def _check_model(cfg: Any) -> None:
     check_kwargs(_signature("latent", cfg.latent), cfg.latent_kwargs, "model.latent_kwargs")
 
 
-def check_param_groups(groups: dict[str, Any]) -> None:
-    """train.param_groups: known groups, optimizers and settings (optim.optimizers.check_param_groups, which the
-    optimizers' build runs again, with config/names.py's copy of its tables)."""
-    for name, spec in groups.items():
-        if name not in names.PARAM_GROUPS:
-            raise VaelabError(f"train.param_groups.{name}: unknown group; choose from {', '.join(names.PARAM_GROUPS)}")
-        if not isinstance(spec, dict):
-            raise VaelabError(f"train.param_groups.{name} must be a mapping such as {{optimizer: sgd, lr: 0.01}}")
-        kind = spec.get("optimizer", "adam")
-        if kind not in names.OPTIMIZERS:
-            raise VaelabError(f"train.param_groups.{name}.optimizer={kind!r}: choose {', '.join(names.OPTIMIZERS)}")
-        unknown = set(spec) - set(names.GROUP_KEYS[kind])
-        if unknown:
-            raise VaelabError(f"train.param_groups.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                              f"for {kind}; valid: {', '.join(names.GROUP_KEYS[kind])}")
-        check_number(f"train.param_groups.{name}.lr", spec.get("lr", 1.0), 0, open_lo=True, fix="e.g. lr: 0.01")
-        betas = spec.get("betas", [0.9, 0.999])
-        if not (isinstance(betas, list | tuple) and len(betas) == 2):
-            raise VaelabError(f"train.param_groups.{name}.betas = {betas!r} must be two numbers in [0, 1): "
-                              "e.g. betas: [0.9, 0.999]")
-        for i, beta in enumerate(betas):
-            check_number(f"train.param_groups.{name}.betas[{i}]", beta, 0, 1, open_hi=True,
-                         fix="e.g. betas: [0.9, 0.999]")
-
-
 def _check_hardware(cfg: Any) -> None:
     """train.device, train.compile_mode and train.autocast by name (runtime/hardware.py's wording); what the machine
     itself supports (bf16 on this GPU) is checked where the run is built (hardware.check_options)."""
@@ -238,6 +216,9 @@ def check_config(cfg: Any) -> None:
     if not isinstance(cfg.name, str) or not cfg.name or cfg.name in (".", "..") or "/" in cfg.name \
             or os.sep in cfg.name:
         raise VaelabError(f"name = {cfg.name!r} must be a plain name (it names runs/<name>): e.g. name: my_vae")
+    if any(unicodedata.category(c) in CONTROL_CATEGORIES for c in cfg.name):
+        raise VaelabError(f"name = {cfg.name!r} holds a control character or line break (it names runs/<name> and "
+                          "is printed in logs): use letters, digits, '-' and '_', e.g. name: my_vae")
     _check_plugins(cfg)
     _check_data(cfg.data)
     _check_model(cfg.model)

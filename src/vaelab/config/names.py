@@ -27,10 +27,6 @@ ACTIVATIONS = ("relu", "tanh", "leaky_relu", "elu", "softplus")                 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")                             # runtime.hardware.DEVICE_PATTERN
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # runtime.hardware
 AUTOCASTS = ("bf16",)                                                           # runtime.hardware.AUTOCAST_DTYPES
-PARAM_GROUPS = ("prior", "encoder", "decoder", "latent", "control")             # optim.optimizers.GROUPS
-OPTIMIZERS = ("adam", "sgd", "burda_adam")                                      # optim.optimizers.OPTIMIZERS
-GROUP_KEYS = {"adam": ("optimizer", "lr", "betas", "eps"), "sgd": ("optimizer", "lr", "momentum"),
-              "burda_adam": ("optimizer", "lr", "betas", "eps")}                # optim.optimizers.GROUP_KEYS
 
 Signature = tuple[str, dict[str, Any]] | None   # (class name, {keyword: annotation}); None: takes **kwargs
 

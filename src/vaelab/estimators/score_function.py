@@ -114,6 +114,7 @@ class NVIL(Estimator):
 
     def __init__(self, data_dim: int, hidden: int = 100, decay: float = 0.8, normalize: bool = True) -> None:
         super().__init__()
+        check_number("estimator.kwargs.decay", decay, 0, 1, open_hi=True, fix="e.g. 0.8 (Mnih & Gregor's)")
         self.decay, self.normalize = decay, normalize
         self.baseline_net = nn.Sequential(nn.Linear(data_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.register_buffer("signal_mean", torch.zeros(()))

@@ -18,7 +18,7 @@ from vaelab.core.errors import VaelabError
 from vaelab.core.progress import stage
 from vaelab.runs.best import BEST_DIR
 from vaelab.runs.metrics_log import log_test_metrics, steps_done
-from vaelab.runs.run_dir import RunDir
+from vaelab.runs.run_dir import RunDir, data_identity
 from vaelab.runs.run_files import LoadedRun, write_json
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ def merge_eval(run_dir: str | Path, values: dict[str, Any], keep: tuple[str, ...
 
 
 def describe(run: LoadedRun) -> dict[str, Any]:
-    """What an evaluation describes: config, model, estimator, training length, data, code version."""
+    """What an evaluation describes: config, model, estimator, training length, data (its sha256 for a file or a
+    folder, `run_dir.data_identity`: None for a named source), code version."""
     from vaelab.core.provenance import __version__, git_commit
 
     cfg, history = run.cfg, run.state.get("history", [])
@@ -45,6 +46,7 @@ def describe(run: LoadedRun) -> dict[str, Any]:
             "nets": cfg.model.nets, "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
             "epochs_trained": run.state.get("epoch", 0), "steps_trained": steps,
             "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1), "data": cfg.data.source,
+            "data_sha256": data_identity(cfg.data.source)["data_sha256"] or None,
             "binarize": cfg.data.binarize, "eval_seed": cfg.data.eval_seed, "vaelab_version": __version__,
             "git_commit": git_commit()}
 
@@ -123,7 +125,7 @@ def sampling_prior(run: LoadedRun, run_dir: str | Path, choice: str | None) -> t
         return run.model.prior(), choice, "prior p(z)"
     if choice != "gmm":
         raise VaelabError(f"unknown prior {choice!r}: choose normal or gmm")
-    density = load_run_density(run_dir)
+    density = load_run_density(run_dir, run.model.latent.dim)
     return density.to_torch(run.device), choice, f"GMM (K={density.n_components}, {density.covariance_type})"
 
 
@@ -143,7 +145,7 @@ def evaluate_autoencoder_run(run: LoadedRun, run_dir: str | Path, iw_samples: in
 
     if iw_samples <= 0:
         return evaluate_autoencoder(run.model, run.data.x_test, None, 0, run.cfg.eval.batch_size)
-    density = load_run_density(run_dir)
+    density = load_run_density(run_dir, run.model.latent.dim)
     model = WithPrior(run.model, density.to_torch(run.device))
     stage(f"proposal: choosing its widening on {len(run.data.x_valid[:PROPOSAL_FIT_IMAGES])} validation images",
           progress)

@@ -10,7 +10,6 @@ What the report needs beyond each evaluation is made once per run by report/inpu
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -148,8 +147,16 @@ def report_inputs(s: Settings, run_dir: Path) -> None:
     prepare_report_inputs(run_dir, s.quick, s.device, s.log, progress=not s.quiet)
 
 
+def check_stages(s: Settings) -> None:
+    """Every stage's config with the settings' overrides (--device, --data, --epochs, --set), checked before the
+    study's folder is created: a bad value is refused with nothing written."""
+    for stage in STUDY:
+        load_config(stage.config, [*stage.overrides, *s.overrides()], named=True)
+
+
 def reproduce(s: Settings) -> Path:
     """Run every stage of the study into `s.out` and write report.md and report.html there."""
+    check_stages(s)
     s.out.mkdir(parents=True, exist_ok=True)
     if s.force:
         for stage in STUDY:
@@ -173,8 +180,7 @@ def reproduce(s: Settings) -> Path:
 
 
 def load_timings(out: Path) -> dict[str, float]:
-    path = out / "timings.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as err:
-        raise VaelabError(f"{path} is damaged: delete it (it only holds wall times)") from err
+    """timings.json ({} before the first stage); damaged is one line (report/tables.py's `read_timings`)."""
+    from vaelab.report.tables import read_timings
+
+    return read_timings(out / "timings.json")

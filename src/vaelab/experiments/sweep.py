@@ -25,6 +25,7 @@ import argparse
 import copy
 import hashlib
 import itertools
+import math
 import os
 import re
 import signal
@@ -40,6 +41,7 @@ from vaelab.experiments.sweep_run import Job
 from vaelab.models.latents import is_autoencoder
 
 SPEC_KEYS = ("base", "set", "grid", "seeds", "evaluate", "stack")
+RUNS_MAX = 10_000   # runs in one sweep (settings x seeds), each one a trained model: sized before any list is built
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -60,8 +62,25 @@ def resolve_base(base: str, spec_dir: Path) -> Path:
                       "such as bernoulli_vae or literature/disarm_linear")
 
 
+def _grid_size(grid: Any) -> int:
+    """How many settings `grid` would expand to (before duplicates are dropped), without building them: 1 for no
+    grid, the product of a mapping's list lengths, the sum over a list of mappings; 0 where the shape is wrong
+    (`_grid_settings` then says what is)."""
+    if grid is None:
+        return 1
+    if isinstance(grid, list):
+        return sum(_grid_size(g) for g in grid)
+    if isinstance(grid, dict):
+        return math.prod(len(v) if isinstance(v, list) else 0 for v in grid.values())
+    return 0
+
+
 def _grid_settings(grid: Any, where: str) -> list[dict[str, Any]]:
-    """The settings of a grid: a mapping -> the product of its lists; a list of mappings -> their union."""
+    """The settings of a grid: a mapping -> the product of its lists; a list of mappings -> their union. A grid
+    of more than RUNS_MAX settings is refused before it is expanded."""
+    if where == "grid" and _grid_size(grid) > RUNS_MAX:
+        raise VaelabError(f"sweep spec grid expands to {_grid_size(grid):,} settings, more than the {RUNS_MAX:,} runs "
+                          "one sweep may hold: shorten its lists or split the study into several sweeps")
     if grid is None:
         return [{}]
     if isinstance(grid, list):
@@ -84,6 +103,9 @@ def _grid_settings(grid: Any, where: str) -> list[dict[str, Any]]:
 def _seeds(value: Any, default: int) -> list[int]:
     if value is None:
         return [default]
+    if isinstance(value, int) and not isinstance(value, bool) and value > RUNS_MAX:
+        raise VaelabError(f"sweep spec seeds = {value:,}: more than the {RUNS_MAX:,} runs one sweep may hold: give "
+                          "fewer seeds (seeds: 5 means 0..4)")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return list(range(value))
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value) \
@@ -127,6 +149,10 @@ class Spec:
         self.fixed: dict[str, Any] = dict(raw.get("set") or {})
         self.settings = _grid_settings(raw.get("grid"), "grid")
         self.seeds = _seeds(raw.get("seeds"), self.config({}, None).train.seed)
+        if len(self.settings) * len(self.seeds) > RUNS_MAX:
+            raise VaelabError(f"sweep spec {path}: {len(self.settings):,} settings x {len(self.seeds):,} seeds = "
+                              f"{len(self.settings) * len(self.seeds):,} runs, more than the {RUNS_MAX:,} one sweep "
+                              "may hold: fewer settings or seeds, or several sweeps")
         self.iw_samples = _iw_samples(raw.get("evaluate"))
         self.stack = raw.get("stack", False)
         if not isinstance(self.stack, bool):

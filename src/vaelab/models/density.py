@@ -33,6 +33,7 @@ FORMAT = "vaelab-gmm-1"
 DENSITY_FILE = "density.npz"
 BIC_FILE = "bic.json"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+ARRAYS = ("format", "covariance_type", "seed", "weights", "means", "covariances")   # what density.npz holds
 AUTO_COMPONENTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)   # K tried by `--components auto`
 
 
@@ -125,25 +126,32 @@ class GMMDensity:
             weights=self.weights_, means=self.means_, covariances=self.covariances_))
 
     @classmethod
-    def load(cls, path: str | Path) -> GMMDensity:
-        """Read a file written by `save`; a missing, damaged or foreign file is a VaelabError naming the fix."""
+    def load(cls, path: str | Path, dim: int | None = None) -> GMMDensity:
+        """Read a file written by `save`; a missing, damaged or foreign file (with `dim`: a mixture over codes of
+        another size than the model's, as one copied from another run) is a VaelabError naming the fix."""
         path = Path(path)
         if not path.is_file():
             raise VaelabError(f"no fitted density at {path}: run `vaelab fit-density {path.parent}` first")
         fix = f"refit it with `vaelab fit-density {path.parent}`"
         try:
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:   # our handle: closed on errors
-                arrays = {k: f[k] for k in ("format", "covariance_type", "seed", "weights", "means", "covariances")}
+                missing = [k for k in ARRAYS if k not in f.files]
+                arrays = {} if missing else {k: f[k] for k in ARRAYS}
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
             raise VaelabError(f"{path} is damaged or not a vaelab density ({type(err).__name__}): {fix}") from err
-        if str(arrays["format"]) != FORMAT:
-            raise VaelabError(f"{path} is not a vaelab density (format {str(arrays['format'])!r}): {fix}")
+        if missing:
+            raise VaelabError(f"{path} is damaged or not a vaelab density (no {missing[0]!r} array): {fix}")
+        if arrays["format"].shape != () or str(arrays["format"]) != FORMAT:
+            raise VaelabError(f"{path} is not a vaelab density (format {str(arrays['format'])[:40]!r}): {fix}")
         try:
-            density = cls(len(arrays["weights"]), str(arrays["covariance_type"]), int(arrays["seed"]))
+            density = cls(len(arrays["weights"]), str(arrays["covariance_type"]), _seed(arrays["seed"]))
             _check_state(arrays["weights"], arrays["means"], arrays["covariances"], density.covariance_type)
             density._set_state(arrays["weights"], arrays["means"], arrays["covariances"])
         except (ValueError, TypeError, IndexError, np.linalg.LinAlgError, VaelabError) as err:
             raise VaelabError(f"{path} holds an invalid mixture ({str(err)[:80]}): {fix}") from err
+        if dim is not None and density.dim != dim:
+            raise VaelabError(f"{path} is a mixture over {density.dim}-D codes but the run's model has "
+                              f"{dim}-D codes (a density fitted to another run?): {fix}")
         return density
 
     def __repr__(self) -> str:
@@ -164,8 +172,21 @@ def _check_codes(codes: np.ndarray, n_components: int, dim: int | None = None) -
     return codes
 
 
+def _seed(value: np.ndarray) -> int:
+    """A stored seed: one integer in numpy's seed range."""
+    if value.shape != () or value.dtype.kind not in "iu" or not 0 <= int(value) < 2**32:
+        raise ValueError(f"seed {str(value)[:20]} is not an integer in 0..2**32-1")
+    return int(value)
+
+
 def _check_state(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray, covariance_type: str) -> None:
-    """Refuse arrays whose shapes or values cannot be a mixture of this covariance type."""
+    """Refuse arrays whose shapes or values cannot be a mixture of this covariance type: real numbers, finite,
+    weights >= 0 summing to 1, variances > 0, full and tied covariances symmetric (their definiteness is checked by
+    the Cholesky factorisation in `_precisions_cholesky`)."""
+    if any(a.dtype.kind not in "iuf" for a in (weights, means, covariances)):
+        raise ValueError(f"arrays of dtype {weights.dtype}, {means.dtype}, {covariances.dtype}, not real numbers")
+    if means.ndim != 2:
+        raise ValueError(f"means of shape {means.shape}, not [K, D]")
     k, d = means.shape
     shapes = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
     if weights.shape != (k,) or covariances.shape != shapes[covariance_type]:
@@ -174,6 +195,11 @@ def _check_state(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray
         raise ValueError("non-finite values")
     if (weights < 0).any() or abs(weights.sum() - 1.0) > 1e-6:
         raise ValueError("weights do not sum to 1")
+    if covariance_type in ("full", "tied"):
+        if not np.allclose(covariances, np.swapaxes(covariances, -1, -2), rtol=1e-6, atol=1e-12):
+            raise ValueError("covariances that are not symmetric")
+        if (np.diagonal(covariances, axis1=-2, axis2=-1) <= 0).any():
+            raise ValueError("non-positive variances")
 
 
 def _precisions_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
@@ -216,6 +242,6 @@ def encode(model: VAE, x: Tensor, batch_size: int = 1000) -> np.ndarray:
         return torch.cat([model.posterior(xb).mean for xb in x.split(batch_size)]).double().cpu().numpy()
 
 
-def load_run_density(run_dir: str | Path) -> GMMDensity:
-    """The mixture fitted by `vaelab fit-density RUN`."""
-    return GMMDensity.load(Path(run_dir) / DENSITY_FILE)
+def load_run_density(run_dir: str | Path, dim: int | None = None) -> GMMDensity:
+    """The mixture fitted by `vaelab fit-density RUN`; `dim` (the model's code size) refuses one over other codes."""
+    return GMMDensity.load(Path(run_dir) / DENSITY_FILE, dim)

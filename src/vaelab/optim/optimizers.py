@@ -23,14 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vaelab.core.errors import VaelabError, check_number
+from vaelab.core.errors import VaelabError
 from vaelab.optim.burda_adam import BurdaAdam
-
-GROUPS = {"prior": "model.latent.prior_logits", "encoder": "model.encoder.", "decoder": "model.decoder.",
-          "latent": "model.latent.", "control": "estimator."}
-OPTIMIZERS = ("adam", "sgd", "burda_adam")   # burda_adam: the IWAE code's Adam (optim/burda_adam.py)
-GROUP_KEYS = {"adam": ("optimizer", "lr", "betas", "eps"), "sgd": ("optimizer", "lr", "momentum"),
-              "burda_adam": ("optimizer", "lr", "betas", "eps")}
+from vaelab.optim.param_groups import GROUPS, check_param_groups
 
 
 def adam(params: list[nn.Parameter] | list[dict[str, Any]], lr: float, device: torch.device,
@@ -41,30 +36,6 @@ def adam(params: list[nn.Parameter] | list[dict[str, Any]], lr: float, device: t
     `capturable` keeps its step count on the GPU, so a CUDA graph can record the update (training/cudagraph.py)."""
     return torch.optim.Adam(params, lr=lr, eps=eps, fused=device.type in ("cpu", "cuda") or None,
                             capturable=capturable)
-
-
-def check_param_groups(groups: dict[str, Any]) -> None:
-    """Refuse an unknown group, optimizer or setting before anything is built."""
-    for name, spec in groups.items():
-        if name not in GROUPS:
-            raise VaelabError(f"train.param_groups.{name}: unknown group; choose from {', '.join(GROUPS)}")
-        if not isinstance(spec, dict):
-            raise VaelabError(f"train.param_groups.{name} must be a mapping such as {{optimizer: sgd, lr: 0.01}}")
-        kind = spec.get("optimizer", "adam")
-        if kind not in OPTIMIZERS:
-            raise VaelabError(f"train.param_groups.{name}.optimizer={kind!r}: choose {', '.join(OPTIMIZERS)}")
-        unknown = set(spec) - set(GROUP_KEYS[kind])
-        if unknown:
-            raise VaelabError(f"train.param_groups.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                              f"for {kind}; valid: {', '.join(GROUP_KEYS[kind])}")
-        check_number(f"train.param_groups.{name}.lr", spec.get("lr", 1.0), 0, open_lo=True, fix="e.g. lr: 0.01")
-        betas = spec.get("betas", [0.9, 0.999])
-        if not (isinstance(betas, list | tuple) and len(betas) == 2):
-            raise VaelabError(f"train.param_groups.{name}.betas = {betas!r} must be two numbers in [0, 1): "
-                              "e.g. betas: [0.9, 0.999]")
-        for i, beta in enumerate(betas):
-            check_number(f"train.param_groups.{name}.betas[{i}]", beta, 0, 1, open_hi=True,
-                         fix="e.g. betas: [0.9, 0.999]")
 
 
 def split_parameters(named: dict[str, nn.Parameter], groups: dict[str, Any]) -> tuple[list, dict[str, list]]:

@@ -30,6 +30,8 @@ from typing import Any
 from vaelab.core.errors import VaelabError, check_number
 
 Schedule = Callable[[int], float]
+DURATION_STEPS_MAX = 10**12     # a warm-up or cycle length in steps: longer than any run (10^6 steps a day for
+DURATION_EPOCHS_MAX = 10**9     # 2,700 years), so a larger one is a typo; in epochs, as `reproduce --epochs`
 
 
 def _duration(spec: dict[str, Any], name: str, steps_per_epoch: int | None) -> int:
@@ -38,9 +40,13 @@ def _duration(spec: dict[str, Any], name: str, steps_per_epoch: int | None) -> i
     if len(given) != 1:
         raise VaelabError(f"train.kl_weight of kind {spec['kind']!r} needs exactly one of {name}_steps or "
                           f"{name}_epochs: set one, e.g. {name}_steps: 5000")
-    value = spec[given[0]]
+    value, epochs = spec[given[0]], given[0].endswith("_epochs")
     check_number(f"train.kl_weight.{given[0]}", value, 0, open_lo=True, fix=f"e.g. {given[0]}: 5000")
-    if given[0].endswith("_epochs"):
+    if value > (DURATION_EPOCHS_MAX if epochs else DURATION_STEPS_MAX):
+        raise VaelabError(f"train.kl_weight.{given[0]} = {value!r} is longer than any run (the bound is "
+                          f"{'10^9 epochs' if epochs else '10^12 steps'}): give the length of the warm-up or cycle, "
+                          f"e.g. {given[0]}: {10 if epochs else 5000}")
+    if epochs:
         if not steps_per_epoch:
             raise VaelabError(f"train.kl_weight.{given[0]} needs the steps per epoch: give {name}_steps instead")
         value *= steps_per_epoch

@@ -5,12 +5,14 @@ cells. report/layout.py arranges them into sections; report/write.py draws the s
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vaelab.config.schema import Config, load_config
+from vaelab.core.errors import VaelabError
 from vaelab.runs.run_dir import RunDir
 from vaelab.viz import html_page as page
 
@@ -101,8 +103,45 @@ def shown(metrics: dict[str, Any], key: str) -> float | None:
 def stage_eval(out: Path, name: str) -> dict[str, Any] | None:
     """A stage's eval.json, or None before it was evaluated (or when it is unreadable: the stage is evaluated
     again by the next `vaelab reproduce`); numbers that are not numbers are one line naming the field
-    (`RunDir.eval`, strict)."""
-    return RunDir(out / name).eval(strict=True) or None
+    (`RunDir.eval`, strict), and so is a sample-quality entry the tables cannot show (`check_quality`)."""
+    run = RunDir(out / name)
+    values = run.eval(strict=True)
+    for key in (k for k in values if k.startswith("quality_")):
+        check_quality(values[key], f"{run.eval_path} {key}", run.path)
+    return values or None
+
+
+QUALITY_TEXT = ("mode", "prior")
+QUALITY_COUNTS = ("n_samples", "n_reference", "k")
+
+
+def check_quality(q: Any, where: str, run: Path) -> None:
+    """A sample-quality entry of eval.json as the tables read it: mode and prior as text, the counts as integers
+    and the scores (QUALITY) as numbers or null; anything else is one VaelabError naming the field."""
+    fix = f"delete it and rerun `vaelab reproduce` with the same --out (or `vaelab quality {run}`)"
+    if not isinstance(q, dict):
+        raise VaelabError(f"{where} is {json.dumps(q)[:40]}, not a mapping of scores: {fix}")
+    bad = [k for k in QUALITY_TEXT if not isinstance(q.get(k), str)]
+    bad += [k for k in QUALITY_COUNTS if k in q and (isinstance(q[k], bool) or not isinstance(q[k], int))]
+    bad += [k for k, _, _ in QUALITY if isinstance(q.get(k), bool) or not isinstance(q.get(k), int | float | None)]
+    bad += [f"{k}_stderr" for k, _, _ in QUALITY if isinstance(q.get(f"{k}_stderr"), bool)
+            or not isinstance(q.get(f"{k}_stderr"), int | float | None)]
+    if bad:
+        raise VaelabError(f"{where} has {bad[0]} = {json.dumps(q.get(bad[0]))[:40]}, not what vaelab writes: {fix}")
+
+
+def read_timings(path: Path) -> dict[str, float]:
+    """The study's timings.json, {stage name: seconds} ({} when there is none yet); damage (unreadable, not UTF-8
+    JSON, not an object of numbers) is one VaelabError naming the file and the fix."""
+    try:
+        values = json.loads(path.read_bytes()) if path.is_file() else {}
+    except (OSError, ValueError):
+        values = None
+    if not isinstance(values, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in values.values()):
+        raise VaelabError(f"{path} is damaged: delete it (it only holds wall times) and rerun")
+    return {k: float(v) for k, v in values.items()}
 
 
 def metrics_table(out: Path, stages) -> tuple[list[list[str]], set[tuple[int, int]]]:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from vaelab.runtime import distributed
 from vaelab.config.schema import Config, TrainConfig
 from vaelab.core.errors import VaelabError
 from vaelab.runs.run_files import save_checkpoint
+from vaelab.runtime import distributed
 
 BEST_DIR = "best"
 CRITERION = "valid_elbo"

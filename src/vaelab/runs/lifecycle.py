@@ -25,6 +25,7 @@ from vaelab.config.schema import Config, validate
 from vaelab.core import faults
 from vaelab.core.atomic import atomic_write_text
 from vaelab.core.errors import VaelabError
+from vaelab.runs.metrics_log import read_grad_stats
 from vaelab.runs.run_dir import RunDir, RunLock
 from vaelab.runs.run_files import read_checkpoint
 from vaelab.runtime import distributed
@@ -68,7 +69,13 @@ def starting_point(cfg: Config | None, run_dir: Path, resume: bool, kind: str,
     state: dict[str, Any] = {"epoch": 0, "history": []}
     if resume and kind == "run":
         cfg, tensors, state = read_checkpoint(run_dir)
+        if cfg.train.grad_stats_every:
+            read_grad_stats(run_dir)          # its damage refused before config.yaml or the log is rewritten
         if epochs is not None:
+            if epochs < state["epoch"]:     # nothing to train; only config.yaml would change, to a false count
+                raise VaelabError(f"{run_dir} has trained {state['epoch']} epochs; --epochs {epochs} would train "
+                                  f"none and record fewer than it holds: give --epochs >= {state['epoch']} or "
+                                  "omit it")
             stopped_in = state["epoch"] + 1 if "partial" in state else 0
             if epochs < stopped_in:
                 raise VaelabError(f"--epochs {epochs}: the run stopped inside epoch {stopped_in}; "
@@ -104,7 +111,9 @@ def open_for_writing(run_dir: Path, lock: RunLock, resume: bool, kind: str, writ
 
 class StopSignals:
     """While entered (in the main thread), SIGINT, SIGTERM and SIGHUP set `signum` instead of killing the process;
-    the trainer polls `requested` at its safe points. A second SIGINT raises KeyboardInterrupt at once."""
+    the trainer polls `requested` at its safe points. A second SIGINT raises KeyboardInterrupt at once. The handlers
+    it replaces are put back on exit; one with a `hand_over()` method (the CLI's start-up guard, cli/main.StopGuard,
+    which turns a stop before training into one line) is told that training began."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -127,6 +136,7 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+                getattr(self._previous[sig], "hand_over", lambda: None)()   # the CLI's StopGuard: training began
         return self
 
     def __exit__(self, *exc: object) -> None:

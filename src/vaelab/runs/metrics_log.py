@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 GRAD_STATS = "grad_stats.jsonl"
+GRAD_STATS_FIX = "delete it (its rows are in TensorBoard's grad/*) and resume"
 BATCH_TAGS = ("batch/loss", "batch/elbo", "batch/rec", "batch/kl")
 HPARAMS_SKIPPED = ("description", "literature")   # what a run is compared with, not how it was trained
 
@@ -37,10 +38,11 @@ def steps_done(history: list[dict[str, Any]], partial: dict[str, Any] | None = N
     return sum(row.get("steps", 0) for row in history) + (partial or {}).get("step", 0)
 
 
-def read_jsonl(path: Path, fix: str) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, fix: str, index: str | None = None) -> list[dict[str, Any]]:
     """The rows of a JSON-lines log (metrics.jsonl, grad_stats.jsonl; none: []). A last line without its newline
     is a row a crash tore while it was appended: dropped. Any other damage (not UTF-8, a line that is not a JSON
-    object) is one VaelabError naming the file, the line and `fix`."""
+    object of numbers or nulls, a row without an integer `index` when one is named) is one VaelabError naming the
+    file, the line and `fix`."""
     try:
         text = path.read_bytes().decode("utf-8") if path.is_file() else ""
     except (OSError, UnicodeDecodeError) as err:
@@ -55,9 +57,29 @@ def read_jsonl(path: Path, fix: str) -> list[dict[str, Any]]:
             row = None
         if not isinstance(row, dict):
             raise VaelabError(f"{path} line {number} is not a JSON object of values ({line[:40]!r}): {fix}")
+        problem = _row_problem(row, index) if row else None
+        if problem:
+            raise VaelabError(f"{path} line {number} has {problem}: {fix}")
         if row:
             rows.append(row)
     return rows
+
+
+def _row_problem(row: dict[str, Any], index: str | None) -> str | None:
+    """What makes a parsed log row unusable (a value that is not a number or null, a missing integer `index`)."""
+    for key, value in row.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | None):
+            return f"{key} = {json.dumps(value)[:40]}, not a number"
+    if index is not None and (not isinstance(row.get(index), int) or row[index] < 0):
+        return f"no {index} (a count of 0 or more)"
+    return None
+
+
+def read_grad_stats(run_dir: Path) -> list[dict[str, Any]]:
+    """RUN/grad_stats.jsonl's rows ([] when there is none), each with its integer `step`; a torn last line is
+    dropped, other damage is one VaelabError. `train --resume` reads it through this before it writes anything in
+    the run, so a damaged log stops the resume with the run as it was."""
+    return read_jsonl(run_dir / GRAD_STATS, GRAD_STATS_FIX, index="step")
 
 
 def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -191,9 +213,8 @@ class MetricsSink:
         done = steps_done(history) if done_steps is None else done_steps
         self.grad_path = run_dir / GRAD_STATS if grad_stats else None
         if self.grad_path is not None:
-            rows = read_jsonl(self.grad_path, "delete it (its rows are in TensorBoard's grad/*) and resume")
-            atomic_write_text(self.grad_path, "".join(json.dumps(r) + "\n" for r in rows
-                                                      if isinstance(r.get("step"), int) and r["step"] <= done))
+            rows = read_grad_stats(run_dir) if done else []   # a torn last line dropped, rows past `done` too
+            atomic_write_text(self.grad_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= done))
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=done + 1)

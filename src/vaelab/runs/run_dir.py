@@ -14,6 +14,9 @@ Layout of RUN (run_files.py, metrics_log.py and run_eval.py write it):
 - `plan(epochs)`: train, resume or skip, from the checkpoint's header alone; `clear_stranded()` removes what a run
   that died before its first checkpoint wrote, holding the lock.
 - `eval()`, `metrics()`, `config()`: eval.json, metrics.jsonl and config.yaml read back and checked.
+- Provenance (`PROVENANCE`): a checkpoint's header and its state.pt record the run's id, the sha256 of its config
+  (`config_sha256`) and what it was trained on (`data_identity`: the data's path and sha256); `config_edit` names
+  what was changed in config.yaml since the checkpoint was written. Checkpoints from before these fields have none.
 
 Importing this module does not import torch (what reads a config does, on first use); a checkpoint's header is
 read with safetensors' reader, never its tensors.
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import shutil
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,14 +52,54 @@ STRANDED_DIRS = ("tb", "checkpoint.tmp")
 # eval.json fields that must be numbers (or null) when present, in the order a damaged one is named
 EVAL_NUMBERS = ("elbo", "iw_loglik", "kl", "rec", "iw_loglik_mc_stderr", "train_seconds", "epochs_trained",
                 "steps_trained")
+# what a checkpoint records of its run: in model.safetensors' metadata and as state.pt's "provenance" (text values)
+PROVENANCE = ("run_id", "config_sha256", "data_source", "data_sha256")
+
+
+def config_sha256(values: dict[str, Any]) -> str:
+    """sha256 of a config (`Config.to_dict()`) as canonical JSON (keys sorted, no spaces): equal configs, one hash."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _file_sha256(path: str, stamp: tuple[int, ...]) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()     # streamed in chunks
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed, computed once per process while the file stays as it is (device, inode, size,
+    modification time): a replaced or rewritten file is hashed again."""
+    st = path.stat()
+    return _file_sha256(str(path.resolve()), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+def data_identity(source: str) -> dict[str, str]:
+    """{"data_source": source, "data_sha256": digest} of what a run trains on: the sha256 of an .npz file; of a
+    folder of MNIST IDX files, the sha256 of its IDX files' names and sha256s; "" for a named source (mnist,
+    digits, ...: its name identifies it, the catalog pinning its originals by sha256 and the cache being checked
+    against its manifest on every read) and for a path that is not there (loading it reports that)."""
+    from vaelab.data.catalog import IDX_FILES, SOURCES  # numpy, not torch
+
+    path, digest = Path(source).expanduser(), ""
+    if source not in SOURCES and path.is_dir():
+        found = (next((n for n in (name, name.removesuffix(".gz")) if (path / n).is_file()), "") for name in IDX_FILES)
+        names = [n for n in found if n]                     # the files data/user_files.load_idx_dir reads
+        digest = hashlib.sha256("".join(f"{n} {file_sha256(path / n)}\n" for n in names).encode()).hexdigest()
+    elif source not in SOURCES and path.is_file():
+        digest = file_sha256(path)
+    return {"data_source": source, "data_sha256": digest}
 
 
 @dataclass(frozen=True)
 class Header:
-    """What a checkpoint's safetensors header says: the run's config and the epochs it finished."""
+    """What a checkpoint's safetensors header says: the run's config, the epochs it finished and its provenance
+    (the PROVENANCE fields it records; {} for a checkpoint written before them)."""
 
     config: Config
     epoch: int
+    provenance: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -168,7 +213,8 @@ class RunDir:
         try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
-            return Header(config_from_yaml_text(meta["config"]), int(meta.get("epoch", 0)))
+            return Header(config_from_yaml_text(meta["config"]), int(meta.get("epoch", 0)),
+                          {k: meta[k] for k in PROVENANCE if k in meta})
         except Exception as err:   # noqa: BLE001 - any unreadable header is reported the same way
             raise VaelabError(f"checkpoint {path} is unreadable ({type(err).__name__}): delete {self.path} to "
                               "retrain it") from err
@@ -189,6 +235,22 @@ class RunDir:
         from vaelab.config.schema import load_config  # imports torch (the config's registries)
 
         return load_config(self.config_path)
+
+    def config_edit(self, saved: Config, ignore: Iterable[str] = ()) -> str | None:
+        """What config.yaml changes against `saved` (the checkpoint's config), e.g. "train.lr 0.001 -> 0.01,
+        model.hidden"; "it no longer reads as a config (...)" when it is damaged; None when it matches (the dotted
+        keys in `ignore` left out) or is absent (RUN/best/ keeps none)."""
+        if not self.config_path.is_file():
+            return None
+        try:
+            now = _flatten(self.config().to_dict())
+        except VaelabError as err:
+            return f"it no longer reads as a config: {str(err)[:100]}"
+        was = _flatten(saved.to_dict())
+        keys = [k for k in {**was, **now} if was.get(k) != now.get(k) and k not in ignore]
+        shown = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" if len(repr(was.get(k)) + repr(now.get(k))) < 40 else k
+                 for k in keys[:3]]
+        return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else None
 
     def metrics(self, fix: str | None = None) -> list[dict[str, Any]]:
         """metrics.jsonl's rows ([] without one; a torn last line dropped); other damage is one VaelabError ending

@@ -54,8 +54,9 @@ def check_state(state: Any, ckpt: Path | str, meta_epoch: str | None = None) -> 
         raise _bad(ckpt, f"holds a {type(state).__name__}, not vaelab's training state")
     _check_keys(ckpt, state, STATE_KEYS, "")
     epoch, history = state["epoch"], state["history"]
-    if epoch < 0 or len(history) != epoch or not all(isinstance(r, dict) for r in history):
+    if epoch < 0 or len(history) != epoch:
         raise _bad(ckpt, f"is inconsistent (epoch {epoch}, {len(history)} history rows)")
+    check_history(history, ckpt)
     if meta_epoch is not None and meta_epoch != str(epoch):
         raise _bad(ckpt, f"is from epoch {epoch} but the weights beside it from epoch {meta_epoch}")
     _check_rng(ckpt, "torch_rng", state["torch_rng"], (CPU_RNG_BYTES,))
@@ -64,6 +65,25 @@ def check_state(state: Any, ckpt: Path | str, meta_epoch: str | None = None) -> 
         _check_rng(ckpt, "cuda_rng", state["cuda_rng"], (CUDA_RNG_BYTES,))
     if "partial" in state:
         check_partial(state["partial"], ckpt, state["data_rng"].numel())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_history(history: list, ckpt: Path | str) -> None:
+    """The per-epoch rows `train` keeps: row i a mapping of names to numbers (or None) with "epoch" = i + 1 (an
+    int), as the trainer writes them, so that every reader of the history (resume, evaluate, compare, metrics.jsonl
+    rewritten from it) meets numbers."""
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            raise _bad(ckpt, f"has history row {i + 1} of type {type(row).__name__}, not a mapping")
+        bad = next((k for k, v in row.items() if not isinstance(k, str) or not (v is None or _is_number(v))), None)
+        if bad is not None:
+            raise _bad(ckpt, f"has history row {i + 1} with {bad!r} = {row[bad]!r:.40}, not a number")
+        if not isinstance(row.get("epoch"), int) or row["epoch"] != i + 1:
+            raise _bad(ckpt, f"has history row {i + 1} with epoch {row.get('epoch')!r}: the rows are not epochs "
+                             "1, 2, ... in order")
 
 
 def check_partial(partial: Any, ckpt: Path | str, rng_bytes: int) -> None:

@@ -42,7 +42,14 @@ from vaelab.optim.schedules import kl_schedule, lr_schedule
 from vaelab.runs.lifecycle import StopSignals, check_run_dir, has_checkpoint, open_for_writing
 from vaelab.runs.metrics_log import MetricsSink
 from vaelab.runs.run_dir import RunLock
-from vaelab.runs.run_files import build, first_nonfinite, prepare_data, read_checkpoint, save_checkpoint
+from vaelab.runs.run_files import (
+    build,
+    first_nonfinite,
+    prepare_data,
+    read_checkpoint,
+    save_checkpoint,
+    start_provenance,
+)
 from vaelab.runtime import distributed
 from vaelab.runtime.hardware import resolve_device
 from vaelab.training import stacked_noise
@@ -61,12 +68,14 @@ class Seed:
         self.objective = Objective(model, estimator)   # one module: functional_call swaps model.* and estimator.*
         optim = _optimizers(cfg, dict(self.objective.named_parameters()), device)
         self.state = TrainState(model, estimator, optim, torch.Generator(device).manual_seed(cfg.train.seed), device)
+        state = None
         if resume:
             _, tensors, state = read_checkpoint(run_dir)
             if "partial" in state:
                 raise VaelabError(f"{run_dir} stopped inside an epoch: finish it with `vaelab train --resume "
                                   f"{run_dir}`, then stack again")
             self.state.restore(tensors, state, run_dir)
+        self.state.provenance = start_provenance(cfg, run_dir, state.get("provenance") if state else None)
         self.noise_gen = torch.Generator(device)                   # where the single run's global RNG stands now
         self.noise_gen.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
         self.cpu_rng = torch.get_rng_state()

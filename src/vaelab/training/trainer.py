@@ -30,7 +30,7 @@ from vaelab.evaluation.bounds import elbo_terms
 from vaelab.evaluation.gradvar import training_grad_stats
 from vaelab.optim.optimizers import Optimizers, build_optimizers
 from vaelab.optim.schedules import kl_schedule, lr_schedule
-from vaelab.runs import best, lifecycle
+from vaelab.runs import best, lifecycle, run_files
 from vaelab.runs.lifecycle import StopSignals
 from vaelab.runs.metrics_log import MemorySink, MetricsSink, steps_done
 from vaelab.runs.run_dir import RunLock
@@ -66,6 +66,7 @@ class TrainState:
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     partial: dict[str, Any] | None = None
+    provenance: dict[str, str] | None = None   # run id, config hash, data identity: run_files.start_provenance
 
     @property
     def steps_done(self) -> int:
@@ -76,7 +77,8 @@ class TrainState:
         return {"epoch": self.epoch, "history": self.history, "optim": self.optim.state_dict(),
                 "data_rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if cuda else {}),
-                **({"partial": self.partial} if self.partial is not None else {})}
+                **({"partial": self.partial} if self.partial is not None else {}),
+                **({"provenance": self.provenance} if self.provenance is not None else {})}
 
     def restore(self, tensors: dict[str, Tensor], state: dict[str, Any], run_dir: Path) -> None:
         load_weights(self.model, self.estimator, tensors)
@@ -141,6 +143,7 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
     ts = TrainState(model, estimator, optim, torch.Generator(device).manual_seed(t.seed), device)
     if tensors is not None:
         ts.restore(tensors, state, run_dir)
+    ts.provenance = run_files.start_provenance(cfg, run_dir, state.get("provenance") if tensors is not None else None)
     if ctx.is_main:
         open_run_dir()
     step = make_step(cfg, model, estimator, optim, ctx, data.x_valid[:8], steps)
