@@ -180,3 +180,11 @@ def test_one_seed_check_worded_for_a_key_and_for_a_flag():
         checks.check_seed("seed", 2**63, count=True)
     with pytest.raises(VaelabError, match=r"^data.eval_seed = True must be an integer in 0\.\.9223372036854775807"):
         checks.check_seed("data.eval_seed", True)
+
+
+def test_the_data_sources_table_is_the_catalog():
+    """`--data`'s help and the static table name exactly the catalog's sources, in its order."""
+    from vaelab.data.catalog import SOURCES
+
+    assert names.DATA_SOURCES == tuple(SOURCES)
+    assert all(name in names.DATA_HELP for name in SOURCES)

@@ -22,6 +22,7 @@ from typing import Any
 
 from vaelab.cli import study as cli_study
 from vaelab.cli.args import IMAGE_EXTENSIONS, SAMPLE_N_MAX, Parser, add_quiet, check_seed, given
+from vaelab.config import names
 from vaelab.core.errors import Stopped, VaelabError
 
 # `vaelab sweep`, `compare` and `stack` are declared in modules that import torch (sweep.add_parsers): `parser()`
@@ -37,8 +38,7 @@ ORCHESTRATION_HELP = {
 def add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", nargs="?", help="YAML preset, e.g. configs/gaussian_vae.yaml")
-    t.add_argument("--data", type=given("mnist, digits or a PATH"),
-                   help="mnist | digits | PATH (.npz or MNIST IDX folder)")
+    t.add_argument("--data", type=given("a data source name or a PATH"), help=names.DATA_HELP)
     t.add_argument("--epochs", type=int, help="train.epochs; with --resume, extend a run to this many epochs")
     t.add_argument("--seed", type=int, help="train.seed: the run's initialisation, data order and sampling noise")
     t.add_argument("--estimator", type=given("an estimator name (see `vaelab list`)"),

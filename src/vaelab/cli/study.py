@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaelab.cli.args import BATCH_MAX, DRAWS_MAX, QUALITY_N_MAX, WARMUP_MAX, add_quiet, check_seed, given
+from vaelab.config import names
 from vaelab.core.errors import VaelabError
 
 if TYPE_CHECKING:
@@ -170,7 +171,8 @@ def add_gradvar(sub) -> None:
     g.add_argument("--batch", type=int, help="images in the fixed batch (default: the config's batch size)")
     g.add_argument("--warmup", type=int, default=100,
                    help="steps training fresh estimators' baselines on the batch before measuring (model fixed)")
-    g.add_argument("--data", type=given("mnist, digits or a PATH"), help="override data.source: mnist | digits | PATH")
+    g.add_argument("--data", type=given("a data source name or a PATH"),
+                   help=f"override data.source: {names.DATA_HELP}")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     g.add_argument("--out", type=given("an output folder"),
                    help="output folder (default RUN/gradvar or runs/<config name>/gradvar)")
@@ -211,8 +213,8 @@ def add_reproduce(sub) -> None:
     r.add_argument("--out", default="reports/study", type=given("an output directory"),
                    help="output directory (default reports/study)")
     r.add_argument("--quick", action="store_true", help="short training and small K: minutes on a CPU")
-    r.add_argument("--data", type=given("mnist, digits or a PATH"),
-                   help="override every model's data: mnist | digits | PATH")
+    r.add_argument("--data", type=given("a data source name or a PATH"),
+                   help=f"override every model's data: {names.DATA_HELP}")
     r.add_argument("--epochs", type=int, help="override every model's epochs")
     r.add_argument("--device", default="auto")
     r.add_argument("--force", action="store_true", help="retrain every model")

@@ -22,6 +22,8 @@ from typing import Any
 PRESETS = Path(__file__).resolve().parents[1] / "configs"   # shipped with the package (package data)
 
 # Fixed choices (each equals the live module's; tests/test_config_leaf.py checks them)
+DATA_SOURCES = ("mnist", "digits", "mnist-static", "fashion-mnist", "omniglot", "caltech-silhouettes")  # data.catalog
+DATA_HELP = f"{' | '.join(DATA_SOURCES)} | PATH (.npz file or MNIST IDX folder)"   # what --data takes
 BINARIZATIONS = ("dynamic", "static", "threshold", "none")                      # data.binarize.BINARIZATIONS
 ACTIVATIONS = ("relu", "tanh", "leaky_relu", "elu", "softplus")                 # models.nets.ACTIVATIONS
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")                             # runtime.hardware.DEVICE_PATTERN
