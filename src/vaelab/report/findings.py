@@ -7,10 +7,10 @@ numbers are missing is left out, so nothing is claimed that the run did not meas
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from vaelab.report.inputs import read_gradvar
 from vaelab.report.tables import SHORT, autoencoders, fmt, significant, stage_eval
 
 BOUND = "iw_loglik"
@@ -22,8 +22,8 @@ def study_numbers(out: Path, stages) -> tuple[dict[str, dict], set[str], dict[st
     short = {s.name: SHORT.get(s.name, s.name) for s in stages}
     evals = {short[s.name]: m for s in stages if (m := stage_eval(out, s.name)) is not None}
     ae = {short[n] for n in autoencoders(out, list(short))}
-    gradvar = {short[s.name]: json.loads(p.read_text()) for s in stages
-               if (p := out / s.name / "gradvar" / "gradvar.json").is_file()}
+    gradvar = {short[s.name]: g for s in stages
+               if (g := read_gradvar(out / s.name / "gradvar" / "gradvar.json")) is not None}
     return evals, ae, gradvar
 
 

@@ -9,10 +9,10 @@ grid row: a figure beside its twin; missing ones replaced by a one-line note say
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vaelab.report.findings import findings_text
+from vaelab.report.inputs import read_gradvar, read_latent_map
 from vaelab.report.tables import (
     NOTE_BEST,
     NOTE_LIKELIHOOD,
@@ -29,7 +29,7 @@ from vaelab.report.tables import (
     run_config,
 )
 from vaelab.viz import html_page as page
-from vaelab.viz.latent_map import CSS, JS, META, latent_map_html
+from vaelab.viz.latent_map import CSS, JS, latent_map_html
 
 TITLE = "vaelab: the study reproduced"
 LEGEND = "Numbered figures are the seed's; lettered ones are vaelab's additions."
@@ -81,7 +81,7 @@ def gmm_figs(out: Path, ae: str) -> list[list[Fig]]:
 
 def gradvar_caption(out: Path, names: list[str]) -> str:
     """Figure B's caption, with the batch and number of draws of the measurement."""
-    found = [json.loads(p.read_text()) for n in names if (p := out / n / "gradvar" / "gradvar.json").is_file()]
+    found = [g for n in names if (g := read_gradvar(out / n / "gradvar" / "gradvar.json")) is not None]
     how = (f"{found[0]['draws']} draws of each estimator on one fixed batch of {found[0]['batch']} training "
            "images" if found else "one fixed batch")
     return ("Variance of the encoder gradient at the trained Bernoulli VAEs: the seed's score function without "
@@ -140,8 +140,7 @@ def sections(out: Path, stages, missing: dict[str, str]) -> list[tuple[str, list
 
 def map_fig(out: Path, ae: str) -> tuple[Fig | None, str]:
     """The static Figure 6 and why there is no interactive map (None, "" when there is one)."""
-    meta = out / ae / "fig" / META
-    if meta.is_file():
+    if read_latent_map(out / ae / "fig") is not None:     # the map and both its images, whole
         return None, ""
     static = Fig("Figure 6", Path(ae, "fig", "latent_codes.png"), "The autoencoder's 2-D codes of every training "
                  "image, coloured by digit (one colour for data without labels).")
@@ -160,7 +159,7 @@ def block_html(out: Path, block: tuple) -> str:
     if kind == "map":
         fig, why = map_fig(out, block[1])
         if fig is None:
-            n = json.loads((out / block[1] / "fig" / META).read_text())["n"]
+            n = read_latent_map(out / block[1] / "fig")["n"]   # map_fig read it whole
             return latent_map_html(out / block[1] / "fig", "Figures 6 and C: the latent map", MAP_CAPTION.format(n=n))
         block = ("figs", [fig])
         return block_html(out, block) + page.note(why)

@@ -9,12 +9,12 @@ ones are vaelab's additions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from vaelab.core.atomic import atomic_write_text
+from vaelab.report.inputs import read_gradvar
 from vaelab.report.tables import RERUN, SHORT, autoencoders, histories, stage_eval
 
 
@@ -39,8 +39,8 @@ def write_study_figures(out: Path, stages) -> dict[str, str]:
     plot_curves(hist, {"valid_rec": "valid", "train_rec": "train"}, "E_q[log p(x|z)] (nats)", out / "rec_curves.png",
                 "Figure 11: reconstruction term per epoch", colors)
     missing = {}
-    gradvar = {short[s.name]: json.loads(p.read_text()) for s in stages
-               if (p := out / s.name / "gradvar" / "gradvar.json").is_file()}
+    gradvar = {short[s.name]: g for s in stages
+               if (g := read_gradvar(out / s.name / "gradvar" / "gradvar.json")) is not None}
     if gradvar:
         plot_gradvar_runs(gradvar, out / "gradvar.png", colors)
     else:
