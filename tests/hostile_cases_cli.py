@@ -51,7 +51,7 @@ CASES = [
          "estimator name"),
     Case("train-device-empty", train_new("--device", ""), "argument --device: an empty value"),
     Case("train-device-blank", train_new("--device", "  "), "argument --device: an empty value"),
-    Case("train-data-empty", train_new(data=""), "argument --data: an empty value: give mnist, digits or a PATH"),
+    Case("train-data-empty", train_new(data=""), "argument --data: an empty value: give a data source name or a PATH"),
     Case("train-out-empty", cmd("train", CONFIG, "--data", "digits", "--out", "", *SMALL),
          "argument --out: an empty value: give a run directory"),
     Case("resume-empty", cmd("train", "--resume", ""), "argument --resume: an empty value"),
@@ -106,4 +106,9 @@ CASES = [
     Case("reproduce-device-mps", cmd("reproduce", "--quick", "--device", "mps", "--out", "WS/D"),
          "train.device = 'mps' is not a device"),
     Case("reproduce-bad-set", cmd("reproduce", "--quick", "--out", "WS/D", "--set", "train.lr=-1"), "train.lr = -1"),
+    # stacked seeds: a lone number reads two ways; a range is sized before it is built
+    Case("stack-seeds-lone-number", cmd("stack", CONFIG, "--seeds", "5", "--out", "WS/S"),
+         "--seeds 5: a lone number is ambiguous"),
+    Case("stack-seeds-huge-range", cmd("stack", CONFIG, "--seeds", "0-1000000000000", "--out", "WS/S"),
+         "names more than 1,024 seeds"),
 ]

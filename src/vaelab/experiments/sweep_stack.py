@@ -22,18 +22,30 @@ from vaelab.core.errors import VaelabError
 from vaelab.experiments.sweep_run import CHILDREN, Job
 from vaelab.runs.run_dir import RunDir
 
+SEEDS_MAX = 1024   # seeds stacked in one process (each is a whole model in memory)
+
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-31' -> 0..31; '0,3,7' -> [0, 3, 7]; '5' -> [0..4] is NOT meant: a single number is that one seed."""
-    seeds: list[int] = []
+    """'0-31' -> 0..31; '0,3,7' -> [0, 3, 7]. A lone number is refused: a sweep's `seeds: 5` means 0..4, so
+    `--seeds 5` would read either way (write 0-4, or 5-5 for seed 5). Ranges are sized before they are built."""
+    if text.strip().isdigit():
+        n = int(text)
+        raise VaelabError(f"--seeds {text}: a lone number is ambiguous (a sweep's `seeds: {n}` means 0..{n - 1}): "
+                          f"write 0-{max(n - 1, 0)} for {n} seeds, or {n}-{n} for seed {n} alone")
+    spans: list[tuple[int, int]] = []
     try:
         for part in text.split(","):
             lo, _, hi = part.partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+            spans.append((int(lo), int(hi) if hi else int(lo)))
     except ValueError:
         raise VaelabError(f"--seeds {text!r}: give seeds as 0-31 or 0,1,2") from None
-    for s in seeds:
-        check_int("--seeds", s, 0, 2**63 - 1, fix="give seeds between 0 and 2^63 - 1")
+    for lo, hi in spans:
+        for s in (lo, hi):
+            check_int("--seeds", s, 0, 2**63 - 1, fix="give seeds between 0 and 2^63 - 1")
+    if sum(max(hi - lo + 1, 0) for lo, hi in spans) > SEEDS_MAX:
+        raise VaelabError(f"--seeds {text!r} names more than {SEEDS_MAX:,} seeds: stack at most {SEEDS_MAX:,} in one "
+                          "process (run several stacks, or a sweep)")
+    seeds = [s for lo, hi in spans for s in range(lo, hi + 1)]
     if not seeds or len(set(seeds)) != len(seeds):
         raise VaelabError(f"--seeds {text!r}: give each seed once, e.g. 0-31 or 0,1,2")
     return seeds
@@ -60,7 +72,7 @@ def add_parser(sub) -> None:
     s = sub.add_parser("stack", help="train one config for many seeds at once, as one stacked model",
                        description=__doc__.split("\n\n", 1)[0])
     s.add_argument("config", help="a preset name or YAML config")
-    s.add_argument("--seeds", required=True, help="0-31 or 0,1,2")
+    s.add_argument("--seeds", required=True, help="0-31 or 0,1,2 (a lone number is refused: write 0-4 or 5-5)")
     s.add_argument("--out", help="runs go to OUT/seed=S")
     s.add_argument("--runs", nargs="+", help="one run directory per seed instead of --out")
     s.add_argument("--resume", action="store_true", help="continue the runs from their checkpoints")
