@@ -82,7 +82,7 @@ def error_line(overrides: list[str]) -> str:
 @pytest.fixture
 def live_only(monkeypatch):
     """Empty the static registry tables: every name is then looked up in the live registries, as a plugin's is."""
-    for table in ("LATENT_ROWS", "ESTIMATOR_ROWS", "NET_NAMES", "DISCRETE_LATENTS"):
+    for table in ("LATENT_ROWS", "ESTIMATOR_ROWS", "NET_NAMES", "DISCRETE_LATENTS", "AUTOENCODER_LATENTS"):
         monkeypatch.setattr(names, table, ())
     for table in ("LATENT_KWARGS", "ESTIMATOR_KWARGS"):
         monkeypatch.setattr(names, table, {})

@@ -107,6 +107,14 @@ def _discrete(latent: str) -> bool:
     return bool(_registry("latent").get(latent).discrete)
 
 
+def is_autoencoder(latent: str) -> bool:
+    """Whether latent family `latent` has a deterministic code (models.latents.is_autoencoder, answered from the
+    static table without torch; a name only a plugin registers asks the live class)."""
+    if latent in names.static_names("latent"):
+        return latent in names.AUTOENCODER_LATENTS
+    return bool(_registry("latent").get(latent).autoencoder)
+
+
 def check_kwargs(signature: names.Signature, kwargs: dict[str, Any], where: str) -> None:
     """Refuse keyword arguments a class does not take ("did you mean") and values of the wrong type: an int
     parameter (a size or count) must be a positive integer, a float one a finite number. `signature`: the class's

@@ -88,6 +88,7 @@ ESTIMATOR_ROWS = (
 )
 NET_NAMES = ('conv', 'mlp')
 DISCRETE_LATENTS = ('bernoulli', 'bernoulli_ar')
+AUTOENCODER_LATENTS = ('deterministic',)
 LATENT_KWARGS = {
     'bernoulli': ('BernoulliLatent', {'prior_probs': float, 'learn_prior': bool}),
     'bernoulli_ar': ('AutoregressiveBernoulliLatent',
@@ -165,6 +166,7 @@ def live_tables() -> dict[str, Any]:
                                 for name, cls in estimators.items()),
         "NET_NAMES": tuple(NETS),
         "DISCRETE_LATENTS": tuple(name for name, cls in latents.items() if cls.discrete),
+        "AUTOENCODER_LATENTS": tuple(name for name, cls in latents.items() if cls.autoencoder),
         "LATENT_KWARGS": {name: signature_of(cls) for name, cls in latents.items()},
         "ESTIMATOR_KWARGS": {name: signature_of(cls) for name, cls in estimators.items()},
     }
@@ -197,7 +199,8 @@ def tables_source(tables: dict[str, Any]) -> str:
     out = ["LATENT_ROWS = ("] + [f"    ({n!r},\n     {t!r})," for n, t in tables["LATENT_ROWS"]]
     out += [")", "ESTIMATOR_ROWS = ("]
     out += [f"    ({n!r},\n     {t!r},\n     {f!r})," for n, t, f in tables["ESTIMATOR_ROWS"]]
-    out += [")", f"NET_NAMES = {tables['NET_NAMES']!r}", f"DISCRETE_LATENTS = {tables['DISCRETE_LATENTS']!r}"]
+    out += [")", f"NET_NAMES = {tables['NET_NAMES']!r}", f"DISCRETE_LATENTS = {tables['DISCRETE_LATENTS']!r}",
+            f"AUTOENCODER_LATENTS = {tables['AUTOENCODER_LATENTS']!r}"]
     for key in ("LATENT_KWARGS", "ESTIMATOR_KWARGS"):
         out += [f"{key} = {{"] + [_signature_source(n, s) for n, s in tables[key].items()] + ["}"]
     return "\n".join(out)

@@ -34,11 +34,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vaelab.config.checks import is_autoencoder
 from vaelab.config.schema import Config, from_dict, set_dotted
 from vaelab.core import yaml_io
 from vaelab.core.errors import Stopped, VaelabError
 from vaelab.experiments.sweep_run import Job
-from vaelab.models.latents import is_autoencoder
 
 SPEC_KEYS = ("base", "set", "grid", "seeds", "evaluate", "stack")
 RUNS_MAX = 10_000   # runs in one sweep (settings x seeds), each one a trained model: sized before any list is built
