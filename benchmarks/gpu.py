@@ -30,7 +30,8 @@ from vaelab.config.schema import load_config
 from vaelab.evaluation.bounds import iw_loglik
 from vaelab.models.nets import mlp
 from vaelab.optim.optimizers import adam
-from vaelab.runs.run_files import build, open_run, prepare_data
+from vaelab.runs.device_data import prepare_data
+from vaelab.runs.loaded_run import build, open_run
 from vaelab.runtime import distributed, hardware
 from vaelab.runtime.hardware import ROWS_PER_CHUNK, resolve_device
 from vaelab.training import cudagraph

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from vaelab.config.schema import load_config
-from vaelab.runs.run_files import read_checkpoint
+from vaelab.runs.checkpoint import read_checkpoint
 from vaelab.training.stacked import train_stacked
 from vaelab.training.trainer import train
 

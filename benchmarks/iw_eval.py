@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vaelab.evaluation.bounds import iw_loglik
-from vaelab.runs.run_files import open_run
+from vaelab.runs.loaded_run import open_run
 
 
 @torch.no_grad()

@@ -57,7 +57,7 @@ def vaelab_config(epochs: int, variant: str = "fp32"):
 
 def export(out: Path) -> None:
     """The static binarized train/valid/test draw vaelab trains on, as uint8, for the Pythae side."""
-    from vaelab.runs.run_files import prepare_data
+    from vaelab.runs.device_data import prepare_data
     data = prepare_data(vaelab_config(1).data, torch.device("cpu"))
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "data.npz", **{k: getattr(data, k).numpy().astype(np.uint8)
@@ -68,7 +68,9 @@ def run_vaelab(out: Path, rnd: int, epochs: int, nll_images: int, variant: str) 
     """train() for `epochs` (loop seconds per epoch from metrics, wall time in all); for fp32, then iw_loglik on
     test images (evaluation is fp32 whatever the training precision) and the weights for Pythae's get_nll."""
     from vaelab.evaluation.bounds import iw_loglik
-    from vaelab.runs.run_files import build, load_weights, prepare_data, read_checkpoint
+    from vaelab.runs.checkpoint import load_weights, read_checkpoint
+    from vaelab.runs.device_data import prepare_data
+    from vaelab.runs.loaded_run import build
     from vaelab.runtime.hardware import autocast_twin
     from vaelab.training.trainer import train
     run_dir, tag = out / f"vaelab-{variant}_run{rnd}", f"vaelab-{variant}{rnd}"

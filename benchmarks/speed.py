@@ -21,7 +21,8 @@ from torch import nn
 
 from vaelab.config.schema import load_config
 from vaelab.optim.optimizers import adam
-from vaelab.runs.run_files import build, prepare_data
+from vaelab.runs.device_data import prepare_data
+from vaelab.runs.loaded_run import build
 from vaelab.runtime.hardware import resolve_device
 from vaelab.training.trainer import train_epoch
 

@@ -39,7 +39,8 @@ from vaelab.config.schema import Config, load_config
 from vaelab.data.splits import Splits
 from vaelab.optim.optimizers import build_optimizers
 from vaelab.optim.schedules import kl_schedule
-from vaelab.runs.run_files import build, prepare_data
+from vaelab.runs.device_data import prepare_data
+from vaelab.runs.loaded_run import build
 from vaelab.runtime import distributed
 from vaelab.training.trainer import make_step, train_epoch
 

@@ -16,8 +16,8 @@ from tensorboard_helpers import accumulator, hparams, scalars
 
 from vaelab.models.sampling import sample
 from vaelab.runs.best import best_epoch
+from vaelab.runs.loaded_run import open_run
 from vaelab.runs.metrics_log import image_grid
-from vaelab.runs.run_files import open_run
 from vaelab.training.trainer import train
 
 NOISY = ("train.lr=5e-2", "train.steps_per_epoch=3")   # a curve whose best valid ELBO is not the last epoch's

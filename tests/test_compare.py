@@ -12,8 +12,9 @@ from helpers import write_run
 from scipy import stats as sps
 
 from vaelab.core.stats import combined_mc_se, mean_se, paired_difference
-from vaelab.experiments.compare import compare, find_runs
+from vaelab.experiments.compare import compare
 from vaelab.experiments.compare_html import epoch_band
+from vaelab.experiments.compare_runs import find_runs
 
 # per (estimator, seed): test ELBO, IW log-lik., its MC s.e., KL, rec
 NUMBERS = {
@@ -91,7 +92,8 @@ def test_compare_table_json_and_html(sweep_dir, tmp_path):
 
 
 def test_curves_are_mean_and_se_across_seeds(sweep_dir):
-    from vaelab.experiments.compare import group, grouping_keys, load_run
+    from vaelab.experiments.compare_groups import group, grouping_keys
+    from vaelab.experiments.compare_runs import load_run
 
     runs = [load_run(p) for p in find_runs([sweep_dir])]
     settings = group(runs, grouping_keys(runs, []))

@@ -571,7 +571,7 @@ def test_unknown_binarization():
 def test_validation_and_test_draws_do_not_depend_on_the_training_binarization():
     """A static run is scored on the same test images as a dynamic one; its training draw is fixed and seeded."""
     from vaelab.config.schema import DataConfig
-    from vaelab.runs.run_files import prepare_data
+    from vaelab.runs.device_data import prepare_data
 
     splits = load_dataset("digits")
     dev = torch.device("cpu")
@@ -587,7 +587,7 @@ def test_validation_and_test_draws_do_not_depend_on_the_training_binarization():
 
 
 def test_resplit_valid_takes_the_last_images_of_train_then_valid():
-    from vaelab.runs.run_files import resplit_valid
+    from vaelab.runs.device_data import resplit_valid
 
     """data.valid_size: the IWAE code's split, train + valid in order with the last N as valid."""
     rng = np.random.default_rng(0)

@@ -23,7 +23,8 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent
 
 from vaelab.core.errors import VaelabError
-from vaelab.runs.run_files import build, prepare_data
+from vaelab.runs.device_data import prepare_data
+from vaelab.runs.loaded_run import build
 from vaelab.runtime import distributed
 from vaelab.runtime.distributed import Context
 from vaelab.training.trainer import Objective, train

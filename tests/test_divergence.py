@@ -15,8 +15,9 @@ from hostile_helpers import CONFIG, SMALL, mutate_weights, poison_weight
 import vaelab.training.trainer as train_module
 from vaelab.cli.main import main
 from vaelab.core.errors import VaelabError
+from vaelab.runs.checkpoint import first_nonfinite, read_checkpoint, save_checkpoint
 from vaelab.runs.lifecycle import has_checkpoint
-from vaelab.runs.run_files import first_nonfinite, open_run, read_checkpoint, save_checkpoint
+from vaelab.runs.loaded_run import open_run
 
 BLOWUP = ["--set", "train.lr=1e300", "--set", "train.steps_per_epoch=1"]
 PRESETS = ["gaussian_vae", "bernoulli_vae", "ae_gmm"]

@@ -16,7 +16,7 @@ from vaelab.config.schema import ModelConfig
 from vaelab.core.errors import VaelabError
 from vaelab.evaluation import exact
 from vaelab.models.vae import build_model
-from vaelab.runs.run_files import open_run
+from vaelab.runs.loaded_run import open_run
 
 TINY = ["--data", "digits", "--epochs", "1", "--quiet", "--device", "cpu", "--set", "train.steps_per_epoch=2",
         "--set", "model.hidden=[8]"]

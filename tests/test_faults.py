@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from tensorboard_helpers import scalars as tb_scalars
 
 from vaelab.core import faults
+from vaelab.runs.checkpoint import read_checkpoint
 from vaelab.runs.run_dir import LOCK_FILE
-from vaelab.runs.run_files import read_checkpoint
 
 CONFIG = "configs/gaussian_vae.yaml"
 ARGS = ["--data", "digits", "--quiet", "--device", "cpu", "--set", "train.epochs=2", "--set", "model.hidden=[16]",

@@ -12,7 +12,8 @@ from tensorboard_helpers import scalars
 
 from vaelab.core.errors import VaelabError
 from vaelab.evaluation.gradvar import GradMoments, estimator_grads, training_grad_stats
-from vaelab.runs.run_files import build, prepare_data
+from vaelab.runs.device_data import prepare_data
+from vaelab.runs.loaded_run import build
 from vaelab.training.trainer import train
 
 BERNOULLI = ("model.latent=bernoulli", "estimator.name=disarm", "model.latent_dim=6", "train.epochs=2")

@@ -19,7 +19,8 @@ from vaelab.evaluation import exact as exact_mod
 from vaelab.evaluation import gradvar as gradvar_mod
 from vaelab.evaluation.bounds import iw_loglik
 from vaelab.evaluation.exact import check_enumerable, exact_elbo, exact_iw_bound, exact_loglik
-from vaelab.evaluation.gradvar import diagnose, exact_grad, format_table
+from vaelab.evaluation.gradvar import diagnose, exact_grad
+from vaelab.evaluation.gradvar_run import format_table
 from vaelab.models.latents import BernoulliLatent
 from vaelab.models.vae import VAE, build_model
 

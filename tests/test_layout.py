@@ -4,7 +4,7 @@
   table and the tree must agree exactly (a new module is one new row entry, a stale entry fails).
 - A module imports only from its own package or from packages below it in that order, counting imports inside
   functions and under TYPE_CHECKING (a lazy import that dodges the order still breaks it); the top-level modules
-  (`api`, `__init__`, `__main__`) may import anything. Imports are absolute (`from vaelab.runs.run_files import ...`).
+  (`api`, `__init__`, `__main__`) may import anything. Imports are absolute (`from vaelab.runs.run_dir import RunDir`).
 - No import cycle between modules, no module over 400 lines, no function over 60.
 - Tests share helpers through conftest.py (and the *_helpers.py modules), never by importing another test module.
 Read from the source with `ast`; nothing is imported."""

@@ -9,7 +9,8 @@ from conftest import tiny_config
 from vaelab.core.errors import VaelabError
 from vaelab.models.nets import NETS, conv_sizes
 from vaelab.models.vae import build_model
-from vaelab.runs.run_files import build, prepare_data
+from vaelab.runs.device_data import prepare_data
+from vaelab.runs.loaded_run import build
 
 
 @pytest.mark.parametrize("shape, channels", [((28, 28), [32, 64]), ((8, 8), [8, 16]), ((7, 9), [4, 8, 8]),

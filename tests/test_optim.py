@@ -8,7 +8,8 @@ from conftest import tiny_config
 
 from vaelab.core.errors import VaelabError
 from vaelab.optim.optimizers import build_optimizers
-from vaelab.runs.run_files import build, prepare_data
+from vaelab.runs.device_data import prepare_data
+from vaelab.runs.loaded_run import build
 from vaelab.training.trainer import train
 
 BERNOULLI = ("model.latent=bernoulli", "estimator.name=disarm", "model.latent_kwargs={learn_prior: true}")

@@ -140,7 +140,8 @@ def test_command_of_skips_the_value_of_import():
 
 def test_compare_does_not_split_runs_written_before_plugins_existed(tmp_path):
     from vaelab.config.schema import Config
-    from vaelab.experiments.compare import grouping_keys, load_run
+    from vaelab.experiments.compare_groups import grouping_keys
+    from vaelab.experiments.compare_runs import load_run
 
     new, old = Config().to_dict(), Config().to_dict()
     del old["plugins"]                                           # a config.yaml from before the key

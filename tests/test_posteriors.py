@@ -19,7 +19,7 @@ from vaelab.models.autoregressive import MADE
 from vaelab.models.latents import LATENTS, AutoregressiveBernoulliLatent, GaussianIAFLatent
 from vaelab.models.sampling import reconstruct
 from vaelab.models.vae import VAE, build_model
-from vaelab.runs.run_files import open_run
+from vaelab.runs.loaded_run import open_run
 from vaelab.training.trainer import train
 
 

@@ -18,8 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vaelab.data.sources import load_dataset
+from vaelab.runs.loaded_run import open_run
 from vaelab.runs.run_dir import data_identity
-from vaelab.runs.run_files import open_run
 
 TINY = ["--quiet", "--device", "cpu", "--epochs", "1", "--set", "model.hidden=[16]", "--set", "model.latent_dim=4",
         "--set", "train.batch_size=32", "--set", "train.steps_per_epoch=2"]

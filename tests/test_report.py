@@ -111,7 +111,8 @@ def test_curves_plot_every_epoch_and_the_final_points(tmp_path, monkeypatch):
 
 def tiny_autoencoder():
     from vaelab.config.schema import load_config
-    from vaelab.runs.run_files import build, prepare_data
+    from vaelab.runs.device_data import prepare_data
+    from vaelab.runs.loaded_run import build
 
     cfg = load_config("configs/ae_gmm.yaml", ["data.source=digits", "model.hidden=[16]"])
     data = prepare_data(cfg.data, torch.device("cpu"))

@@ -18,7 +18,8 @@ from PIL import Image
 from vaelab.experiments.reproduce import STUDY, Settings, reproduce
 from vaelab.report.inputs import GRADVAR, GRADVAR_ESTIMATORS
 from vaelab.report.tables import SHORT
-from vaelab.runs.run_files import open_run, read_checkpoint
+from vaelab.runs.checkpoint import read_checkpoint
+from vaelab.runs.loaded_run import open_run
 
 pytestmark = pytest.mark.slow
 LABELS = ["Figure 1", "Figure 2", "Figure 4", "Figure 5", "Figure 4b", "Figure 5b", "Figure 7", "Figure 8",

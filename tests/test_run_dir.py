@@ -16,9 +16,9 @@ from vaelab.config.schema import Config
 from vaelab.core.errors import VaelabError
 from vaelab.evaluation.run_eval import merge_eval
 from vaelab.experiments.sweep_run import Job, RunFailed, execute_run, train_step
-from vaelab.runs import lifecycle, run_files
+from vaelab.runs import checkpoint, lifecycle
+from vaelab.runs.checkpoint import FORMAT, read_checkpoint
 from vaelab.runs.run_dir import LOCK_FILE, RunDir
-from vaelab.runs.run_files import FORMAT, read_checkpoint
 
 CONFIG = "configs/gaussian_vae.yaml"
 ARGS = ["--data", "digits", "--quiet", "--device", "cpu", "--set", "model.hidden=[16]", "--set",
@@ -81,7 +81,7 @@ def test_kind_of_paths_that_are_no_directory(tmp_path):
 
 def test_checkpoint_dir_prefers_the_swapped_in_one(tmp_path):
     run = make(tmp_path / "run", "checkpoint.old/model.safetensors")
-    assert RunDir(run).checkpoint_dir() == run / "checkpoint.old" == run_files._checkpoint_dir(run)
+    assert RunDir(run).checkpoint_dir() == run / "checkpoint.old" == checkpoint._checkpoint_dir(run)
     make(run, "checkpoint/model.safetensors")
     assert RunDir(run).checkpoint_dir() == run / "checkpoint" and RunDir(run).weights_path.parent.name == "checkpoint"
 

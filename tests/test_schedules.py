@@ -15,7 +15,7 @@ from torch.distributions import Normal, kl_divergence
 from vaelab.config.schema import load_config
 from vaelab.core.errors import VaelabError
 from vaelab.optim.schedules import kl_schedule, kl_weight, lr_schedule
-from vaelab.runs.run_files import open_run
+from vaelab.runs.loaded_run import open_run
 from vaelab.training.trainer import train
 
 

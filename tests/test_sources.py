@@ -390,7 +390,7 @@ def test_vaelab_train_and_evaluate_on_a_named_source(www, tmp_path: Path, monkey
                        "--set", "model.hidden=[8]", "--set", "model.latent_dim=2", "--epochs", 1, "--out", run,
                        "--quiet")
     assert code == 0, err
-    from vaelab.runs.run_files import open_run
+    from vaelab.runs.loaded_run import open_run
 
     opened = open_run(run, "cpu")
     np.testing.assert_array_equal(opened.data.x_test.numpy(), flat(xs[2]))   # binary already: used as served

@@ -15,7 +15,7 @@ import yaml
 from vaelab.config.schema import load_config
 from vaelab.core.errors import VaelabError
 from vaelab.estimators.pathwise import ESTIMATORS
-from vaelab.runs.run_files import read_checkpoint
+from vaelab.runs.checkpoint import read_checkpoint
 from vaelab.training.stacked import train_stacked
 from vaelab.training.trainer import train
 

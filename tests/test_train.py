@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from vaelab.core.errors import VaelabError
 from vaelab.estimators.pathwise import Reparam
 from vaelab.evaluation.bounds import elbo_terms
+from vaelab.runs.loaded_run import open_run
 from vaelab.runs.metrics_log import MetricsSink
-from vaelab.runs.run_files import open_run
 from vaelab.training.trainer import train
 
 
@@ -66,7 +66,8 @@ def test_an_epoch_is_a_plain_pytorch_loop_over_a_fresh_permutation(tmp_path):
     """The trainer's epoch against the textbook loop written out here: its data generator binarizes the epoch, then
     permutes it; train.steps_per_epoch batches of the permutation, each one Adam step on the estimator's loss; the
     epoch's train_loss is the image-weighted mean of the batch losses."""
-    from vaelab.runs.run_files import build, prepare_data
+    from vaelab.runs.device_data import prepare_data
+    from vaelab.runs.loaded_run import build
 
     cfg = tiny_config("train.epochs=1", "train.steps_per_epoch=5", "train.batch_size=50")
     history = train(cfg, tmp_path / "run", quiet=True)
@@ -129,7 +130,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, fault, epochs_kept):
     subprocess.run(_train_cmd(straight), check=True, env=env, timeout=600)
     proc = subprocess.run(_train_cmd(killed), env=env | {"VAELAB_FAULT": fault}, timeout=600)
     assert proc.returncode == -signal.SIGKILL
-    from vaelab.runs.run_files import read_checkpoint
+    from vaelab.runs.checkpoint import read_checkpoint
     assert read_checkpoint(killed)[2]["epoch"] == epochs_kept
     subprocess.run([sys.executable, "-m", "vaelab", "train", "--resume", str(killed), "--quiet"],
                    check=True, env=env, timeout=600)
@@ -159,7 +160,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
     # resuming the good run into a poisoned epoch 2 fails and leaves epoch 1's checkpoint as it was
     state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)
     assert state["epoch"] == 1
-    from vaelab.runs import run_files as run_mod
+    from vaelab.runs import checkpoint as run_mod
     real_read = run_mod.read_checkpoint
 
     def read_with_two_epochs(path):

@@ -59,7 +59,7 @@ from vaelab.core.atomic import atomic_path, atomic_write_bytes, atomic_write_tex
 from vaelab.core.errors import VaelabError, did_you_mean
 from vaelab.data.sources import load_dataset
 from vaelab.runs.lifecycle import check_run_dir
-from vaelab.runs.run_files import LoadedRun, open_run
+from vaelab.runs.loaded_run import LoadedRun, open_run
 from vaelab.training.trainer import train
 
 __all__ = ["ArgumentError", "ArgumentTypeError", "Run", "fit", "load", "overrides_from"]

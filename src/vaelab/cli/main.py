@@ -3,8 +3,8 @@ SIGTERM or SIGHUP outside training (`StopGuard`, from main's first line) one lin
 
 Each command is an `add_<command>(sub)` that declares its arguments beside the `cmd_<command>(args)` that runs it:
 train, evaluate, sample, bundle, unbundle and list here; fit-density, quality, classifier, gradvar and reproduce
-in cli/study.py; sweep, compare and stack in experiments/sweep.py, experiments/compare.py and
-experiments/sweep_stack.py (`sweep.add_parsers`). Shared pieces (the parser class, the limits of the counts) are
+in cli/study.py; sweep, compare and stack in experiments/sweep.py, cli/compare.py and
+experiments/sweep_stack.py (`add_orchestration`). Shared pieces (the parser class, the limits of the counts) are
 in cli/args.py.
 """
 
@@ -25,8 +25,8 @@ from vaelab.cli.args import IMAGE_EXTENSIONS, SAMPLE_N_MAX, Parser, add_quiet, c
 from vaelab.config import names
 from vaelab.core.errors import Stopped, VaelabError
 
-# `vaelab sweep`, `compare` and `stack` are declared in modules that import torch (sweep.add_parsers): `parser()`
-# adds them only when one of them is the command, and else these one-line stand-ins for `vaelab --help`
+# `vaelab sweep`, `compare` and `stack` are declared in the experiments modules (add_orchestration): `parser()` loads
+# them only when one of them is the command, and else these one-line stand-ins for `vaelab --help`
 # (tests/test_startup.py checks that they say what the real parsers say).
 ORCHESTRATION_HELP = {
     "sweep": "train and evaluate a grid of configs x seeds, resumably",
@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from vaelab.config.checks import IW_SAMPLES_MAX, check_count, check_writable_dir
     from vaelab.evaluation.run_eval import evaluate_run
     from vaelab.runs.best import best_dir
-    from vaelab.runs.run_files import open_run
+    from vaelab.runs.loaded_run import open_run
     from vaelab.runtime.distributed import barrier, setup, teardown
     from vaelab.runtime.hardware import resolve_device
 
@@ -161,7 +161,7 @@ def add_sample(sub) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from vaelab.config.checks import check_count, check_output_file, check_writable_dir
     from vaelab.evaluation.run_eval import sample_grid
-    from vaelab.runs.run_files import open_run
+    from vaelab.runs.loaded_run import open_run
 
     check_count("--n", args.n, 1, SAMPLE_N_MAX, " of one grid")
     check_seed("--seed", args.seed)
@@ -227,6 +227,16 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"from plugins, {registry.kind}: {', '.join(names) or 'none'}")
 
 
+def add_orchestration(sub) -> None:
+    """`vaelab sweep`, `compare` and `stack` in full (their modules load only when one of them is the command)."""
+    from vaelab.cli.compare import add_compare
+    from vaelab.experiments.sweep import add_parser as add_sweep
+    from vaelab.experiments.sweep_stack import add_parser as add_stack
+
+    for add in (add_sweep, add_compare, add_stack):
+        add(sub)
+
+
 def add_orchestration_stand_ins(sub) -> None:
     """`vaelab sweep`, `compare` and `stack` as names and help lines only (see ORCHESTRATION_HELP)."""
     for name, text in ORCHESTRATION_HELP.items():
@@ -250,10 +260,7 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="import a plugin module (registering nets, latents or estimators) first; repeatable; "
                    "`train` records it in the run's config (plugins:)")
     sub = p.add_subparsers(dest="command", required=True)
-    if command in ORCHESTRATION_HELP:
-        from vaelab.experiments.sweep import add_parsers as add_sweep_compare_stack
-    else:
-        add_sweep_compare_stack = add_orchestration_stand_ins
+    add_sweep_compare_stack = add_orchestration if command in ORCHESTRATION_HELP else add_orchestration_stand_ins
     for add in (add_train, add_evaluate, add_sample, add_bundle, add_unbundle, cli_study.add_fit_density,
                 cli_study.add_classifier, cli_study.add_quality, cli_study.add_gradvar, cli_study.add_reproduce,
                 add_list, add_sweep_compare_stack):

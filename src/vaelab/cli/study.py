@@ -40,7 +40,7 @@ def add_fit_density(sub) -> None:
 def cmd_fit_density(args: argparse.Namespace) -> None:
     from vaelab.config.checks import check_writable_dir
     from vaelab.evaluation.run_eval import fit_run_density
-    from vaelab.runs.run_files import open_run
+    from vaelab.runs.loaded_run import open_run
     from vaelab.viz.latent_figures import write_latent_figures
 
     components = parse_components(args.components)
@@ -144,7 +144,8 @@ def add_quality(sub) -> None:
 def cmd_quality(args: argparse.Namespace) -> None:
     from vaelab.config.checks import check_count, check_writable_dir
     from vaelab.evaluation.run_eval import quality_classifier, quality_run
-    from vaelab.runs.run_files import open_run, read_checkpoint
+    from vaelab.runs.checkpoint import read_checkpoint
+    from vaelab.runs.loaded_run import open_run
 
     check_count("--k", args.k, 1, 1000)
     check_count("--n", args.n, args.k + 1, QUALITY_N_MAX, " of samples held in memory")
@@ -184,8 +185,9 @@ def add_gradvar(sub) -> None:
 
 def cmd_gradvar(args: argparse.Namespace) -> None:
     from vaelab.config.checks import check_count, check_writable_dir
-    from vaelab.evaluation.gradvar import format_table, gradvar, plot_gradvar
-    from vaelab.runs.run_files import write_json
+    from vaelab.core.atomic import write_json
+    from vaelab.evaluation.gradvar_run import format_table, gradvar
+    from vaelab.viz.gradvar_plot import plot_gradvar
 
     check_count("--draws", args.draws, 2, DRAWS_MAX, " of draws (each one estimator call); 2 measure a variance")
     check_count("--batch", args.batch, 1, BATCH_MAX)

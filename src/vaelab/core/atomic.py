@@ -8,11 +8,12 @@ hides config.yaml, eval.json or a report from other users and web servers). No t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from vaelab.core.errors import VaelabError
 
@@ -110,3 +111,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, fix: str = FIX) -> Path:
 
 def atomic_write_text(path: str | Path, text: str, fix: str = FIX) -> Path:
     return atomic_write_bytes(path, text.encode(), fix)
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """`values` as indented JSON with a final newline, written atomically (`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(values, indent=2) + "\n")

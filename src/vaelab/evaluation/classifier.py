@@ -34,7 +34,7 @@ from vaelab.core.atomic import atomic_path
 from vaelab.core.errors import VaelabError
 from vaelab.data.sources import load_dataset
 from vaelab.data.splits import Splits
-from vaelab.runs.run_files import prepare_data
+from vaelab.runs.device_data import prepare_data
 
 FORMAT = "vaelab-classifier-1"
 SHIPPED = "mnist_cnn.safetensors"

@@ -5,6 +5,8 @@ compares the draws with the exact gradient of the mean ELBO, computed with autog
 sum_z q(z|x) log p(x|z) - KL over all 2^D codes (D <= EXACT_MAX_DIM). Above that the target is a high-draw
 reference (RLOO with many samples) whose own noise is reported next to the biases. All gradients here are of the
 objective (the ELBO, or the K-sample bound for estimators with `objective = "iw"`), i.e. minus the loss gradient.
+`vaelab gradvar` around these numbers (a run or config, the batch, the table) is evaluation/gradvar_run.py; its
+figure is viz/gradvar_plot.py.
 """
 
 from __future__ import annotations
@@ -195,92 +197,6 @@ def diagnose(estimators: dict[str, Estimator], model: VAE, x: Tensor, draws: int
     return {"reference": reference, "reference_noise": ref_noise, "target_norm": target.norm().item(),
             "latent_dim": dim, "batch": len(x), "draws": draws, "params": label,
             "n_params": sum(p.numel() for p in params), "rows": rows}
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """A fixed-width text table of `diagnose`'s rows, with the reference line on top."""
-    def num(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4g}"
-
-    head = f"{'estimator':<10} {'unbiased':>8} {'variance':>11} {'bias':>10} {'noise fl.':>10} {'rel.bias':>9} " \
-           f"{'cosine':>7} {'s/draw':>8}"
-    lines = [result["reference"], f"|exact gradient| = {result['target_norm']:.4g} over {result['n_params']} "
-             f"{result['params']} parameters, batch {result['batch']}, {result['draws']} draws", head]
-    for r in result["rows"]:
-        lines.append(f"{r['estimator']:<10} {str(r['unbiased']):>8} {num(r['variance']):>11} {num(r['bias_norm']):>10} "
-                     f"{num(r['bias_noise_floor']):>10} {num(r['relative_bias']):>9} {num(r['cosine']):>7} "
-                     f"{r['seconds_per_draw']:>8.4f}")
-    return "\n".join(lines)
-
-
-def plot_gradvar(result: dict[str, Any], path) -> None:
-    """Bar chart of log10 gradient variance per estimator, with bias norm and its noise floor beside it."""
-    import matplotlib.pyplot as plt
-
-    from vaelab.viz.plots import save_figure
-
-    rows = result["rows"]
-    names = [r["estimator"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.bar(names, [r["variance"] for r in rows], color=["C0" if r["unbiased"] else "C3" for r in rows])
-    ax1.set_yscale("log")
-    ax1.set_title("gradient variance, trace of covariance (red: biased)", fontsize=9)
-    bias = [r["bias_norm"] if r["bias_norm"] is not None else float("nan") for r in rows]
-    floor = [r["bias_noise_floor"] if r["bias_noise_floor"] is not None else float("nan") for r in rows]
-    ax2.bar(names, bias, color="C1", label="|mean - target|")
-    ax2.plot(names, floor, "k_", markersize=14, label="noise floor")
-    ax2.set_yscale("log")
-    ax2.set_title("bias norm against the target", fontsize=9)
-    ax2.legend(fontsize=7)
-    for ax in (ax1, ax2):
-        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    fig.suptitle(result["reference"], fontsize=8)
-    save_figure(fig, path)
-
-
-def gradvar(source: str, names: list[str], draws: int = 1000, batch: int | None = None, warmup: int = 100,
-            overrides: Sequence[str] = (), device: str = "auto", seed: int = 0,
-            data_source: str | None = None, progress: bool = False) -> tuple[dict[str, Any], str]:
-    """`vaelab gradvar`: load a run (trained parameters) or build a config's model (initial parameters), take a
-    fixed binarized training batch, warm up fresh estimators' state, and `diagnose`. Returns (result, out dir):
-    RUN/gradvar, or runs/<name>/gradvar with the config's name as `vaelab train` gives it (`config.name_variant`)."""
-    from pathlib import Path
-
-    from vaelab.config.schema import load_config
-    from vaelab.data.binarize import binarize
-    from vaelab.estimators.pathwise import build_estimator
-    from vaelab.runs.run_files import build, open_run, prepare_data
-    from vaelab.runtime.hardware import resolve_device
-
-    path = Path(source)
-    if path.is_dir():
-        if overrides:
-            raise VaelabError("gradvar on a run uses the run's own config: drop --set (or give a config file)")
-        run = open_run(path, device, data_source)
-        cfg, model, data, own = run.cfg, run.model, run.data, {run.cfg.estimator.name: run.estimator}
-        out = path / "gradvar"
-    else:
-        cfg = load_config(path, [*overrides, *([f"data.source={data_source}"] if data_source else [])], named=True)
-        dev = resolve_device(device)
-        data = prepare_data(cfg.data, dev)
-        model, _ = build(cfg, data, dev)
-        own, out = {}, Path("runs") / cfg.name / "gradvar"
-    torch.manual_seed(seed)
-    gen = torch.Generator(data.x_train.device).manual_seed(seed)
-    x = data.x_train[: batch or cfg.train.batch_size]
-    x = binarize(x, "dynamic", gen) if data.binarize == "dynamic" else x
-    estimators = {}
-    for name in names:
-        if name in own:
-            estimators[name] = own[name]
-            continue
-        kwargs = cfg.estimator.kwargs if name == cfg.estimator.name else {}
-        estimators[name] = build_estimator(name, kwargs, model).to(x.device)
-        warm_up(estimators[name], model, x, warmup)
-    result = diagnose(estimators, model, x, draws, progress=progress)
-    result |= {"source": str(source), "config": cfg.name, "warmup_steps": warmup, "seed": seed,
-               "trained_state_from_run": sorted(set(own) & set(names))}   # these were not warmed up
-    return result, str(out)
 
 
 def training_grad_stats(estimator: Estimator, model: VAE, x: Tensor, draws: int = 8) -> dict[str, float]:

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.distributions import Distribution
 
+from vaelab.core.atomic import write_json
 from vaelab.core.errors import VaelabError
 from vaelab.core.progress import stage
 from vaelab.runs.best import BEST_DIR
+from vaelab.runs.loaded_run import LoadedRun
 from vaelab.runs.metrics_log import log_test_metrics, steps_done
 from vaelab.runs.run_dir import RunDir, data_identity
-from vaelab.runs.run_files import LoadedRun, write_json
 
 if TYPE_CHECKING:
     from vaelab.runtime.distributed import Context

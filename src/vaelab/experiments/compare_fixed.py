@@ -28,7 +28,7 @@ class _Run(Protocol):
 
 
 def _eval_json(run_dir: Path) -> dict[str, Any]:
-    """RUN/eval.json, or {} when missing or unreadable (compare.load_run reports that run as not evaluated)."""
+    """RUN/eval.json, or {} when missing or unreadable (compare_runs.load_run reports that run as not evaluated)."""
     try:
         values = json.loads((run_dir / "eval.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError):

@@ -20,8 +20,8 @@ class _Run(Protocol):
 
 
 class Setting(Protocol):
-    """What the page reads of a compare.Setting (compare.py imports this module, so not the class itself):
-    its label and its runs' metrics.jsonl rows."""
+    """What the page reads of a compare_groups.Setting (compare_groups.py imports this module, so not the class
+    itself): its label and its runs' metrics.jsonl rows."""
 
     @property
     def label(self) -> str: ...

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from vaelab.config.schema import load_config
+from vaelab.core.atomic import write_json
 from vaelab.core.errors import VaelabError
 from vaelab.core.progress import stage as progress_stage
 from vaelab.evaluation.run_eval import evaluate_run, fit_run_density, merge_eval, quality_run, sample_grid
+from vaelab.runs.loaded_run import open_run
 from vaelab.runs.run_dir import RunDir
-from vaelab.runs.run_files import open_run, write_json
 from vaelab.training.trainer import train
 
 

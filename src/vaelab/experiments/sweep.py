@@ -352,14 +352,3 @@ def add_parser(sub) -> None:
     s.add_argument("--only", metavar="INDEX|NAME", help="run just this one (e.g. $SLURM_ARRAY_TASK_ID), no lock")
     s.add_argument("--list", action="store_true", help="list the runs (index, state, name) and exit")
     s.set_defaults(func=cmd_sweep)
-
-
-def add_parsers(sub) -> None:
-    """Register `vaelab sweep`, `vaelab compare` and `vaelab stack` on the CLI's subparsers (cli.parser calls
-    this)."""
-    from vaelab.experiments.compare import add_parser as add_compare
-    from vaelab.experiments.sweep_stack import add_parser as add_stack
-
-    add_parser(sub)
-    add_compare(sub)
-    add_stack(sub)

@@ -30,7 +30,7 @@ def show(value: Any) -> str:
 def changes(preset: Config, cfg: Config, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
     """(dotted key, preset's value, run's value) for every config key the run changes, in the config's order;
     the labels (name, description) and the keys in `skip` left out."""
-    from vaelab.experiments.compare import flatten
+    from vaelab.experiments.compare_runs import flatten
 
     old, new = flatten(preset.to_dict()), flatten(cfg.to_dict())
     return [(key, old.get(key), value) for key, value in new.items()

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaelab.core.atomic import atomic_write
-from vaelab.runs.run_files import LoadedRun, open_run, write_json
+from vaelab.core.atomic import atomic_write, write_json
+from vaelab.runs.loaded_run import LoadedRun, open_run
 from vaelab.viz.latent_map import GRID, META, PLANE, SPRITE, write_latent_map
 
 VERSION = 1
@@ -109,7 +109,8 @@ def embed_codes(run: LoadedRun, path: Path, tsne_points: int, seed: int = 0) -> 
 
 def measure_gradvar(run_dir: Path, device: str, draws: int, batch: int | None, progress: bool = False) -> Path:
     """`vaelab gradvar RUN --estimators GRADVAR_ESTIMATORS --draws draws --batch batch` into RUN/gradvar/."""
-    from vaelab.evaluation.gradvar import gradvar, plot_gradvar
+    from vaelab.evaluation.gradvar_run import gradvar
+    from vaelab.viz.gradvar_plot import plot_gradvar
 
     result, _ = gradvar(str(run_dir), list(GRADVAR_ESTIMATORS), draws, batch, device=device, progress=progress)
     out = run_dir / "gradvar"

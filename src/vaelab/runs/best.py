@@ -3,7 +3,7 @@
 Both are decided from the metrics history alone (what metrics.jsonl and the checkpoint hold), so a resumed run
 decides exactly as an uninterrupted one: the best epoch is the first epoch with the highest `valid_elbo`; a run
 stops early once `early_stop_patience` epochs have passed since that epoch. RUN/best/ is a run directory of its
-own holding one checkpoint (RUN/best/checkpoint/, written by run_files.save_checkpoint, atomically: a crash keeps
+own holding one checkpoint (RUN/best/checkpoint/, written by checkpoint.save_checkpoint, atomically: a crash keeps
 the previous best), so everything that opens a run opens it (`vaelab evaluate RUN --best` scores it).
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from vaelab.config.schema import Config, TrainConfig
 from vaelab.core.errors import VaelabError
-from vaelab.runs.run_files import save_checkpoint
+from vaelab.runs.checkpoint import save_checkpoint
 from vaelab.runtime import distributed
 
 BEST_DIR = "best"

@@ -40,8 +40,8 @@ from torch import Tensor
 from vaelab.core.atomic import atomic_write_bytes, fsync_write, write_error
 from vaelab.core.errors import VaelabError
 from vaelab.core.provenance import __version__
+from vaelab.runs.checkpoint import _checkpoint_dir, read_checkpoint
 from vaelab.runs.metrics_log import GRAD_STATS, read_jsonl, steps_done
-from vaelab.runs.run_files import _checkpoint_dir, read_checkpoint
 
 FORMAT = "vaelab-bundle-1"
 FILES = ("config.yaml", "metrics.jsonl", GRAD_STATS)   # the run's text files that a resume reads or keeps

@@ -25,9 +25,9 @@ from vaelab.config.schema import Config, validate
 from vaelab.core import faults
 from vaelab.core.atomic import atomic_write_text
 from vaelab.core.errors import VaelabError
+from vaelab.runs.checkpoint import read_checkpoint
 from vaelab.runs.metrics_log import read_grad_stats
 from vaelab.runs.run_dir import RunDir, RunLock
-from vaelab.runs.run_files import read_checkpoint
 from vaelab.runtime import distributed
 
 __all__ = ["StopSignals", "check_run_dir", "has_checkpoint", "open_for_writing",

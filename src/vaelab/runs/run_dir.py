@@ -1,7 +1,7 @@
 """One run directory, and every question asked of it: where its files are, what it holds, who writes it, what to
 do with it next. Other modules ask `RunDir` instead of looking at the files themselves.
 
-Layout of RUN (run_files.py, metrics_log.py and run_eval.py write it):
+Layout of RUN (checkpoint.py, metrics_log.py and run_eval.py write it):
     config.yaml  metrics.jsonl  grad_stats.jsonl  tb/  eval.json  density.npz  fig/  train.lock
     checkpoint/{model.safetensors, state.pt}     (checkpoint.old/ between the two renames of a swap,
                                                   checkpoint.tmp/ while one is written)

@@ -39,17 +39,13 @@ from vaelab.core.errors import Stopped, VaelabError
 from vaelab.evaluation.bounds import elbo_terms
 from vaelab.optim.optimizers import build_optimizers
 from vaelab.optim.schedules import kl_schedule, lr_schedule
+from vaelab.runs.checkpoint import first_nonfinite, read_checkpoint, save_checkpoint
+from vaelab.runs.device_data import prepare_data
 from vaelab.runs.lifecycle import StopSignals, check_run_dir, has_checkpoint, open_for_writing
+from vaelab.runs.loaded_run import build
 from vaelab.runs.metrics_log import MetricsSink
+from vaelab.runs.provenance import start_provenance
 from vaelab.runs.run_dir import RunLock
-from vaelab.runs.run_files import (
-    build,
-    first_nonfinite,
-    prepare_data,
-    read_checkpoint,
-    save_checkpoint,
-    start_provenance,
-)
 from vaelab.runtime import distributed
 from vaelab.runtime.hardware import resolve_device
 from vaelab.training import stacked_noise

@@ -30,11 +30,14 @@ from vaelab.evaluation.bounds import elbo_terms
 from vaelab.evaluation.gradvar import training_grad_stats
 from vaelab.optim.optimizers import Optimizers, build_optimizers
 from vaelab.optim.schedules import kl_schedule, lr_schedule
-from vaelab.runs import best, lifecycle, run_files
+from vaelab.runs import best, lifecycle
+from vaelab.runs.checkpoint import load_weights, nonfinite_training_state, save_checkpoint
+from vaelab.runs.device_data import prepare_data
 from vaelab.runs.lifecycle import StopSignals
+from vaelab.runs.loaded_run import build
 from vaelab.runs.metrics_log import MemorySink, MetricsSink, steps_done
+from vaelab.runs.provenance import start_provenance
 from vaelab.runs.run_dir import RunLock
-from vaelab.runs.run_files import build, load_weights, nonfinite_training_state, prepare_data, save_checkpoint
 from vaelab.runs.train_state import check_optimizer_state
 from vaelab.runtime import distributed, hardware
 from vaelab.runtime.hardware import resolve_device
@@ -66,7 +69,7 @@ class TrainState:
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     partial: dict[str, Any] | None = None
-    provenance: dict[str, str] | None = None   # run id, config hash, data identity: run_files.start_provenance
+    provenance: dict[str, str] | None = None   # run id, config hash, data identity: provenance.start_provenance
 
     @property
     def steps_done(self) -> int:
@@ -143,7 +146,7 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
     ts = TrainState(model, estimator, optim, torch.Generator(device).manual_seed(t.seed), device)
     if tensors is not None:
         ts.restore(tensors, state, run_dir)
-    ts.provenance = run_files.start_provenance(cfg, run_dir, state.get("provenance") if tensors is not None else None)
+    ts.provenance = start_provenance(cfg, run_dir, state.get("provenance") if tensors is not None else None)
     if ctx.is_main:
         open_run_dir()
     step = make_step(cfg, model, estimator, optim, ctx, data.x_valid[:8], steps)
