@@ -8,6 +8,7 @@ so a crash never leaves a half-written checkpoint in place of a good one; a non-
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -18,7 +19,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from vaelab.config.schema import Config, config_from_yaml_text
@@ -121,22 +122,66 @@ def _checkpoint_dir(run_dir: Path) -> Path:
 DAMAGED_FIX = "retrain, or resume from a backup copy"
 
 
-def _load_files(ckpt: Path) -> tuple[dict[str, str], dict[str, Tensor], Any]:
-    """Metadata, tensors and the state object of a checkpoint directory; nothing in them is executed."""
-    for name in ("model.safetensors", "state.pt"):
-        if not (ckpt / name).is_file():
-            raise VaelabError(f"checkpoint {ckpt} lacks {name}: {DAMAGED_FIX}")
+MEMBERS = ("model.safetensors", "state.pt")
+RETRIES = 3   # a writer swapping checkpoints in while we read: each retry starts from the directory it left
+
+
+def _read_member(dir_fd: int, name: str) -> bytes:
+    """One file of a checkpoint directory, opened relative to the directory's descriptor."""
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def read_members(run_dir: Path) -> tuple[Path, dict[str, bytes]]:
+    """The bytes of model.safetensors and state.pt of ONE checkpoint, read through one descriptor of its directory:
+    `save_checkpoint` swaps whole directories by rename and never rewrites a file in place, so a `vaelab evaluate`
+    beside a training run cannot pair the weights of one checkpoint with the state of the next. A directory removed
+    under us (the writer's cleanup of checkpoint.old/) is read again from where the writer left the run."""
+    for attempt in range(RETRIES):
+        ckpt = _checkpoint_dir(run_dir)
+        try:
+            dir_fd = os.open(ckpt, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        try:
+            return ckpt, {name: _read_member(dir_fd, name) for name in MEMBERS}
+        except FileNotFoundError as err:
+            if attempt == RETRIES - 1:
+                raise VaelabError(f"checkpoint {ckpt} lacks {Path(err.filename or '?').name}: {DAMAGED_FIX}") from err
+        except OSError as err:
+            raise VaelabError(f"cannot read checkpoint {ckpt} ({err.strerror or err}): {DAMAGED_FIX}") from err
+        finally:
+            os.close(dir_fd)
+    raise VaelabError(f"no whole checkpoint in {run_dir} after {RETRIES} tries (a writer kept replacing it): "
+                      "rerun the command")
+
+
+def safetensors_metadata(raw: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's bytes: an 8-byte little-endian header length, then the JSON
+    header (the format's specification); ValueError when the bytes do not hold one."""
+    if len(raw) < 8:
+        raise ValueError("shorter than a safetensors header")
+    size = int.from_bytes(raw[:8], "little")
+    if size > len(raw) - 8:
+        raise ValueError("header longer than the file")
+    header = json.loads(raw[8:8 + size].decode("utf-8"))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _load_files(ckpt: Path, raw: dict[str, bytes]) -> tuple[dict[str, str], dict[str, Tensor], Any]:
+    """Metadata, tensors and the state object of one checkpoint's bytes; nothing in them is executed."""
     try:
-        with safe_open(ckpt / "model.safetensors", framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = safetensors.torch.load_file(ckpt / "model.safetensors")
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        meta = safetensors_metadata(raw["model.safetensors"])
+        tensors = safetensors.torch.load(raw["model.safetensors"])
+    except (SafetensorError, RuntimeError, ValueError) as err:
         raise VaelabError(f"checkpoint {ckpt} is damaged ({str(err).splitlines()[0][:80]}): {DAMAGED_FIX}") from err
     if meta.get("format") != FORMAT:
         raise VaelabError(f"{ckpt} is not a vaelab checkpoint (format {meta.get('format')!r}): "
                           "point to a run directory written by `vaelab train`")
     try:
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(raw["state.pt"]), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):         # torch refused a global: a pickle payload, never run
             raise VaelabError(f"{ckpt}/state.pt holds objects other than tensors and plain values (refused "
@@ -151,8 +196,8 @@ def _load_files(ckpt: Path) -> tuple[dict[str, str], dict[str, Tensor], Any]:
 def read_checkpoint(run_dir: str | Path) -> tuple[Config, dict[str, Tensor], dict[str, Any]]:
     """Config, weights and training state of a run, refusing damaged or foreign files with a clear error: the
     config is re-validated, the weights must be finite, state.pt must hold the keys and types `train` writes."""
-    ckpt = _checkpoint_dir(Path(run_dir))
-    meta, tensors, state = _load_files(ckpt)
+    ckpt, raw = read_members(Path(run_dir))
+    meta, tensors, state = _load_files(ckpt, raw)
     if "config" not in meta:
         raise VaelabError(f"checkpoint {ckpt} carries no config in its metadata: {DAMAGED_FIX}")
     try:
