@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vaelab.config import checks, names
+from vaelab.config import limits, names
 from vaelab.config.schema import load_config, presets
 from vaelab.core.errors import VaelabError, check_choice
 
@@ -172,14 +172,14 @@ def test_check_signal_is_the_shared_choice_check():
 def test_one_seed_check_worded_for_a_key_and_for_a_flag():
     from vaelab.cli.args import check_seed
 
-    checks.check_seed("train.seed", 2**63 - 1)
+    limits.check_seed("train.seed", 2**63 - 1)
     check_seed("--seed", None)                                       # not given
     with pytest.raises(VaelabError, match=r"^--seed -1: give a number from 0 to 9,223,372,036,854,775,807$"):
         check_seed("--seed", -1)
     with pytest.raises(VaelabError, match=r"^seed 9223372036854775808: give a number from 0 to 9,223"):
-        checks.check_seed("seed", 2**63, count=True)
+        limits.check_seed("seed", 2**63, count=True)
     with pytest.raises(VaelabError, match=r"^data.eval_seed = True must be an integer in 0\.\.9223372036854775807"):
-        checks.check_seed("data.eval_seed", True)
+        limits.check_seed("data.eval_seed", True)
 
 
 def test_the_data_sources_table_is_the_catalog():

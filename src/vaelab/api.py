@@ -52,7 +52,7 @@ from vaelab.api_args import (
 )
 from vaelab.cli.args import IMAGE_EXTENSIONS, QUALITY_N_MAX, SAMPLE_N_MAX
 from vaelab.cli.main import absolute_data_path
-from vaelab.config.checks import IW_SAMPLES_MAX
+from vaelab.config.limits import IW_SAMPLES_MAX
 from vaelab.config.schema import Config, config_from_values, config_from_yaml_text, load_config
 from vaelab.core import yaml_io
 from vaelab.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text

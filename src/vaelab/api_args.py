@@ -1,5 +1,5 @@
 """The Python API's argument checks: what `vaelab.fit`, `vaelab.load` and a `Run`'s methods take, checked as the CLI
-checks the same options, with its limits (cli/args.py, config/checks.py) and its wording.
+checks the same options, with its limits (cli/args.py, config/limits.py) and its wording.
 
 Natural types are taken: numpy scalars, 0-d numpy arrays and 0-d torch tensors become the Python value (a float32
 or float16 the shortest decimal that reads back as it, so `lr=np.float32(1e-3)` is `lr=0.001`), paths become
@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaelab.config.checks import SEED_MAX, check_count, check_output_file, check_seed, check_writable_dir
+from vaelab.config.limits import SEED_MAX, check_count, check_seed
 from vaelab.core.errors import VaelabError, did_you_mean
+from vaelab.core.paths import check_output_file, check_writable_dir
 
 SHORTCUTS = {"data": "data.source", "estimator": "estimator.name", "latent": "model.latent", "epochs": "train.epochs",
              "seed": "train.seed", "device": "train.device", "lr": "train.lr"}   # `fit`'s keywords -> config keys
@@ -126,7 +127,7 @@ def int_arg(name: str, value: Any, lo: int, hi: int, why: str = "") -> int:
 
 
 def seed_arg(name: str, value: Any) -> int:
-    """A seed: an int in 0..2^63-1 (config.checks.check_seed, the one seed check, worded as for `--seed`)."""
+    """A seed: an int in 0..2^63-1 (config.limits.check_seed, the one seed check, worded as for `--seed`)."""
     value = _int(name, value, f"an int from 0 to {SEED_MAX:,}")
     with as_argument_error():
         check_seed(name, value, count=True)
@@ -202,7 +203,7 @@ def config_arg(value: Any) -> dict | str | None:
 
 
 def image_path(value: Any, what: str, extensions: tuple[str, ...]) -> Path:
-    """An image file to write: a path with a known extension in a writable folder (config.checks.check_output_file)."""
+    """An image file to write: a path with a known extension in a writable folder (core.paths.check_output_file)."""
     path = path_arg(what, value)
     with as_argument_error():
         check_output_file(path, what, extensions)

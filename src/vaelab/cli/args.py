@@ -39,8 +39,8 @@ def given(what: str):
 
 
 def check_seed(flag: str, value: int | None) -> None:
-    """A `--seed` in 0..2^63-1 (None: not given): config.checks.check_seed, the one seed check, worded as a count."""
-    from vaelab.config.checks import check_seed as check
+    """A `--seed` in 0..2^63-1 (None: not given): config.limits.check_seed, the one seed check, worded as a count."""
+    from vaelab.config.limits import check_seed as check
 
     check(flag, value, count=True)
 

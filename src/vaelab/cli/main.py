@@ -117,7 +117,8 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from vaelab.config.checks import IW_SAMPLES_MAX, check_count, check_writable_dir
+    from vaelab.config.limits import IW_SAMPLES_MAX, check_count
+    from vaelab.core.paths import check_writable_dir
     from vaelab.evaluation.run_eval import evaluate_run
     from vaelab.runs.best import best_dir
     from vaelab.runs.loaded_run import open_run
@@ -159,7 +160,8 @@ def add_sample(sub) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from vaelab.config.checks import check_count, check_output_file, check_writable_dir
+    from vaelab.config.limits import check_count
+    from vaelab.core.paths import check_output_file, check_writable_dir
     from vaelab.evaluation.run_eval import sample_grid
     from vaelab.runs.loaded_run import open_run
 

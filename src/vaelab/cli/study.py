@@ -38,7 +38,7 @@ def add_fit_density(sub) -> None:
 
 
 def cmd_fit_density(args: argparse.Namespace) -> None:
-    from vaelab.config.checks import check_writable_dir
+    from vaelab.core.paths import check_writable_dir
     from vaelab.evaluation.run_eval import fit_run_density
     from vaelab.runs.loaded_run import open_run
     from vaelab.viz.latent_figures import write_latent_figures
@@ -102,7 +102,8 @@ def add_classifier(sub) -> None:
 def cmd_classifier(args: argparse.Namespace) -> None:
     import torch
 
-    from vaelab.config.checks import check_count, check_writable_dir
+    from vaelab.config.limits import check_count
+    from vaelab.core.paths import check_writable_dir
     from vaelab.evaluation.classifier import save_classifier, train_classifier
     from vaelab.runtime.hardware import resolve_device
 
@@ -142,7 +143,8 @@ def add_quality(sub) -> None:
 
 
 def cmd_quality(args: argparse.Namespace) -> None:
-    from vaelab.config.checks import check_count, check_writable_dir
+    from vaelab.config.limits import check_count
+    from vaelab.core.paths import check_writable_dir
     from vaelab.evaluation.run_eval import quality_classifier, quality_run
     from vaelab.runs.checkpoint import read_checkpoint
     from vaelab.runs.loaded_run import open_run
@@ -184,8 +186,9 @@ def add_gradvar(sub) -> None:
 
 
 def cmd_gradvar(args: argparse.Namespace) -> None:
-    from vaelab.config.checks import check_count, check_writable_dir
+    from vaelab.config.limits import check_count
     from vaelab.core.atomic import write_json
+    from vaelab.core.paths import check_writable_dir
     from vaelab.evaluation.gradvar_run import format_table, gradvar
     from vaelab.viz.gradvar_plot import plot_gradvar
 
@@ -228,7 +231,8 @@ def add_reproduce(sub) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from vaelab.config.checks import IW_SAMPLES_MAX, check_count, check_writable_dir
+    from vaelab.config.limits import IW_SAMPLES_MAX, check_count
+    from vaelab.core.paths import check_writable_dir
     from vaelab.experiments.reproduce import Settings, reproduce
 
     check_count("--epochs", args.epochs, 1, 10**9)

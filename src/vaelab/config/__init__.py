@@ -1,2 +1,3 @@
-"""The run specification: the config dataclasses and presets (`schema`), their checks (`checks`) and the static
-tables of the names a config may use (`names`), all before anything is built or written and without torch."""
+"""The run specification: the config dataclasses and presets (`schema`), their checks (`checks`), the static
+tables of the names a config may use (`names`) and the seed and count limits the command line shares (`limits`),
+all before anything is built or written and without torch."""

@@ -1,4 +1,5 @@
-"""Range checks of a whole Config, run before anything is built or written, and of command-line counts and paths.
+"""Range checks of a whole Config, run before anything is built or written (the seed and K limits it shares with
+the command line: config/limits.py).
 
 Each failure is a VaelabError naming the key, the value, what it must be and how to fix it. Nothing here imports
 torch: the names a config uses (latent family, network, estimator, binarization, activation, device, optimizer,
@@ -11,20 +12,18 @@ plugin's, is looked up in the live registries, which then import torch. config/s
 from __future__ import annotations
 
 import os
-import tempfile
 import types
 import typing
 import unicodedata
-from pathlib import Path
 from typing import Any
 
 from vaelab.config import names
+from vaelab.config.limits import IW_SAMPLES_MAX, check_seed
 from vaelab.core.errors import VaelabError, check_choice, check_number, did_you_mean
 from vaelab.core.plugins import entry_point_plugins, load_plugins, recorded
 from vaelab.optim.param_groups import check_param_groups
 from vaelab.optim.schedules import kl_schedule, lr_schedule
 
-SEED_MAX = 2**63 - 1            # torch and numpy seeds: 0 .. 2^63-1
 SIZE_MAX = 65536                # the largest layer width, channel count or latent dimension accepted
 DECODER_BIASES = ("zero", "data_mean")
 DECODER_INPUTS = ("code", "centered")
@@ -40,17 +39,6 @@ def check_int(where: str, value: Any, lo: int, hi: int | None = None, fix: str =
 def check_positive(where: str, value: Any, fix: str = "") -> None:
     """`value` must be a finite number > 0 (errors.check_number)."""
     check_number(where, value, 0, open_lo=True, fix=fix)
-
-
-def check_seed(where: str, value: Any, *, count: bool = False) -> None:
-    """The one seed check: torch's and numpy's seeds, 0..2^63-1 (SEED_MAX). A config key is worded as every config
-    number ("train.seed = -1 must be an integer in 0..9223372036854775807: give a seed in 0..2^63-1"); `count`: a
-    command-line flag or a Python API argument, worded as the other counts ("--seed -1: give a number from 0 to
-    9,223,372,036,854,775,807", `check_count`), None meaning not given."""
-    if count:
-        check_count(where, value, 0, SEED_MAX)
-    else:
-        check_int(where, value, 0, SEED_MAX, "give a seed in 0..2^63-1")
 
 
 def check_type(value: Any, tp: Any, where: str) -> Any:
@@ -235,57 +223,3 @@ def check_config(cfg: Any) -> None:
     check_int("eval.iw_samples", cfg.eval.iw_samples, 0, IW_SAMPLES_MAX, "0 skips the IW estimate")
     check_int("eval.batch_size", cfg.eval.batch_size, 1)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command-line counts and output paths
-# ---------------------------------------------------------------------------------------------------------------
-
-IW_SAMPLES_MAX = 1_000_000      # K of the IW estimate (streamed in chunks: memory is bounded, time is not)
-
-
-def check_count(flag: str, value: int | None, lo: int, hi: int, why: str = "") -> None:
-    """A command-line count in [lo, hi] (None: the option was not given)."""
-    if value is None:
-        return
-    if value < lo or value > hi:
-        limit = f" (the limit{why})" if value > hi else ""
-        raise VaelabError(f"{flag} {value}: give a number from {lo} to {hi:,}{limit}")
-
-
-def _nearest_existing(path: Path) -> Path:
-    """`path` or the closest ancestor of it that exists."""
-    path = Path(os.path.abspath(path))
-    while not os.path.lexists(path) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable_dir(path: str | Path, what: str) -> None:
-    """`path` must be (or can become) a directory this process can write: not a file, not under a file, and
-    the directory itself (or its closest existing ancestor) accepts a new file (a probe file, removed at once)."""
-    path = Path(path)
-    existing = _nearest_existing(path)
-    if not existing.is_dir():
-        where = "is a file" if existing == Path(os.path.abspath(path)) else f"is under {existing}, which is a file"
-        raise VaelabError(f"{what} {path} {where}: choose a directory path")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".vaelab-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise VaelabError(f"cannot write to {existing} ({err.strerror}): make it writable or choose another "
-                          f"{what}") from err
-
-
-def check_output_file(path: str | Path, what: str, extensions: tuple[str, ...]) -> None:
-    """An output file path: a known extension, not a directory, in a writable directory."""
-    path = Path(path)
-    if path.is_dir():
-        raise VaelabError(f"{what} {path} is a directory: give a file path such as {path / 'samples.png'}")
-    if path.suffix.lower() not in extensions:
-        raise VaelabError(f"{what} {path}: unknown image extension {path.suffix or '(none)'!r}: "
-                          f"use one of {', '.join(extensions)}")
-    existing = _nearest_existing(path.parent)
-    if not existing.is_dir():
-        raise VaelabError(f"{what} {path} is under {existing}, which is a file: choose another path")
-    check_writable_dir(path.parent, f"folder for {what}")

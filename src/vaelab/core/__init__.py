@@ -1,2 +1,2 @@
 """The floor every layer stands on: errors, the registry, atomic writes, the bounded YAML reader, progress,
-provenance, statistics, plugins. Imports nothing else of vaelab."""
+provenance, statistics, plugins, the "can this path be written?" probes (`paths`). Imports nothing else of vaelab."""

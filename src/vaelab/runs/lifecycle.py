@@ -20,11 +20,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from vaelab.config.checks import check_writable_dir
 from vaelab.config.schema import Config, validate
 from vaelab.core import faults
 from vaelab.core.atomic import atomic_write_text
 from vaelab.core.errors import VaelabError
+from vaelab.core.paths import check_writable_dir
 from vaelab.runs.checkpoint import read_checkpoint
 from vaelab.runs.metrics_log import read_grad_stats
 from vaelab.runs.run_dir import RunDir, RunLock
