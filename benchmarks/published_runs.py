@@ -56,7 +56,7 @@ JOBS = [
       for s in (0, 1, 2) for e, kw in ESTIMATORS],
     # Pythae's 784-400-40 setting on Larochelle's .amat files (K = 200 from the preset; K = 5000 added after)
     *[(f"vae_784_400_40_static-s{s}", f"{LIT}/vae_784_400_40_static.yaml", 500, s, []) for s in (0, 1, 2)],
-    # the seed's study (its presets' 10 epochs, 10,000 samples scored) over 5 seeds, K = 1000 to fit the CPU
+    # the study's study (its presets' 10 epochs, 10,000 samples scored) over 5 seeds, K = 1000 to fit the CPU
     *[(f"study-s{s}", "reproduce", 10, s, ["--iw-samples", "1000"]) for s in range(5)],
     *[(f"disarm_linear-{e}-s0-1M", f"{LIT}/disarm_linear.yaml", 1000, 0, ["--estimator", e, *kw])
       for e, kw in ESTIMATORS],

@@ -1,5 +1,5 @@
 """Default run names and descriptions say what differs from the preset (issue 15): `vaelab train bernoulli_vae
---estimator disarm` writes runs/bernoulli_vae-disarm, and a DisARM run is not described as the seed's SFE."""
+--estimator disarm` writes runs/bernoulli_vae-disarm, and a DisARM run is not described as the study's SFE."""
 
 from __future__ import annotations
 

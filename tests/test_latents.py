@@ -27,7 +27,7 @@ def test_bernoulli_kl_matches_torch(p):
 
 
 def test_bernoulli_kl_is_minus_entropy_plus_n_log2_at_half():
-    """The seed's eq. 8: KL[q || Bern(1/2)^n] = -H[q] + n log 2."""
+    """The study's eq. 8: KL[q || Bern(1/2)^n] = -H[q] + n log 2."""
     n = 9
     fam = BernoulliLatent(n).double()
     q = fam.posterior(torch.randn(30, n, dtype=torch.float64) * 4)

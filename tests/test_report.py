@@ -204,7 +204,7 @@ def test_findings_state_the_numbers_and_leave_out_what_is_missing():
         "G has the best test bound, an IW log-likelihood of -30.00 ± 0.25 nats (K = 50, 250 test images), 1.00 nats "
         "above the next best, A (-31.00 ± 0.25 nats).",
         "The A's bound under its fitted 20-component GMM, -31.00 ± 0.25 nats, ranks 2 of 4, 1.00 nats below G.",
-        "Trained with DisARM instead of the seed's sfe-avg, the Bernoulli VAE's test bound is 2.25 nats higher "
+        "Trained with DisARM instead of the study's sfe-avg, the Bernoulli VAE's test bound is 2.25 nats higher "
         "(-33.25 ± 0.25 nats against -35.50 ± 0.25 nats).",
         "At the Bernoulli VAE trained with sfe-avg, one DisARM encoder gradient varies 125 times less than one "
         "sfe-avg gradient (trace of the covariance 4.00 against 500, 100 draws each).",

@@ -23,7 +23,7 @@ def add_fit_density(sub) -> None:
     f = sub.add_parser("fit-density", help="fit a Gaussian mixture to the training codes -> RUN/density.npz",
                        description="Encode the training set (an AE's code, a VAE's posterior mean; dynamically "
                        "binarized images are drawn once with data.eval_seed), fit scikit-learn's GaussianMixture "
-                       "(the seed's eq. 13) and store it as plain arrays in RUN/density.npz; with --components auto "
+                       "(the study's eq. 13) and store it as plain arrays in RUN/density.npz; with --components auto "
                        "K minimises BIC (curve in RUN/bic.json). Also writes RUN/fig/latent_codes*.png. "
                        "Then `vaelab sample RUN --prior gmm` decodes mixture samples and `vaelab evaluate RUN` "
                        "scores an autoencoder under it.")

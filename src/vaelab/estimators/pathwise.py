@@ -34,7 +34,7 @@ from vaelab.models.vae import VAE
 
 @ESTIMATORS.register("reparam")
 class Reparam(Estimator):
-    """Reparameterization trick z = mu + sigma * eps with analytic KL (Kingma & Welling 2014; the seed's section 2)."""
+    """Reparameterization trick z = mu + sigma * eps with analytic KL (Kingma & Welling 2014; the study's section 2)."""
 
     needs = frozenset({"rsample", "kl_at"})
 
@@ -48,7 +48,7 @@ class Reparam(Estimator):
 
 @ESTIMATORS.register("ae")
 class Autoencoder(Estimator):
-    """A deterministic autoencoder's loss: the Bernoulli reconstruction term alone (the seed's eq. 12)."""
+    """A deterministic autoencoder's loss: the Bernoulli reconstruction term alone (the study's eq. 12)."""
 
     def forward(self, model: VAE, x: Tensor, kl_weight: float | Tensor = 1.0) -> Estimate:
         z = model.posterior(x).mean                 # [B, D]

@@ -2,7 +2,7 @@
 centred by a control variate, by grad log q(z|x) through `score_term`, a term of value zero.
 
 All but VIMCO keep the KL analytic (model.kl) and estimate only the gradient of the reconstruction term
-E_q[log p(x|z)]; their loss value is the -ELBO of the drawn z (the seed's Figure 3 trick). Registered in ESTIMATORS
+E_q[log p(x|z)]; their loss value is the -ELBO of the drawn z (the study's Figure 3 trick). Registered in ESTIMATORS
 when vaelab.estimators.pathwise is imported.
 """
 
@@ -46,7 +46,7 @@ def reinforce_terms(model: VAE, q: Distribution, z: Tensor, x: Tensor,
 
 @ESTIMATORS.register("sfe")
 class ScoreFunction(Estimator):
-    """Plain REINFORCE on E_q[log p(x|z)] without a control variate (Williams 1992; the seed's eq. 9)."""
+    """Plain REINFORCE on E_q[log p(x|z)] without a control variate (Williams 1992; the study's eq. 9)."""
 
     needs = frozenset({"kl_at"})
 
@@ -60,7 +60,7 @@ class ScoreFunction(Estimator):
 
 @ESTIMATORS.register("sfe-avg")
 class RunningAverageSFE(Estimator):
-    """The seed's estimator (eq. 11, Figure 3): REINFORCE with c = a running average of past reconstruction losses.
+    """The study's estimator (eq. 11, Figure 3): REINFORCE with c = a running average of past reconstruction losses.
 
     `average="cumulative"` (default) is what the seed describes, "the mean of all previous reconstruction losses";
     `average="ema"` is an exponential moving average with `decay` (the cumulative mean until 1/(n+1) < 1 - decay).
@@ -85,7 +85,7 @@ class RunningAverageSFE(Estimator):
         log_q = q.log_prob(z)                     # [B]; before the KL, so the gradient's rounding is as it was
         rec, kl, signal = reinforce_terms(model, q, z, x, kl_weight)        # [B] each
         c = self.baseline.clone()                                           # mean past loss -signal: c ~ -E[signal]
-        loss = kl_weight * kl - rec - score_term(log_q, signal + c)         # the seed's SFE: signal - (-c)
+        loss = kl_weight * kl - rec - score_term(log_q, signal + c)         # the study's SFE: signal - (-c)
         if self.training:
             self._update(-signal.detach().mean())
         return estimate(loss.mean(), rec, kl, baseline=c)

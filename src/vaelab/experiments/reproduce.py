@@ -38,7 +38,7 @@ class Stage:
 
 STUDY = (
     Stage("gaussian_vae", "configs/gaussian_vae.yaml", "Gaussian VAE (seed section 2)"),
-    Stage("bernoulli_vae", "configs/bernoulli_vae.yaml", "Bernoulli VAE, the seed's sfe-avg (section 3)"),
+    Stage("bernoulli_vae", "configs/bernoulli_vae.yaml", "Bernoulli VAE, the study's sfe-avg (section 3)"),
     Stage("bernoulli_vae_disarm", "configs/bernoulli_vae.yaml", "Bernoulli VAE, DisARM estimator",
           ("estimator.name=disarm", "estimator.kwargs={}")),
     Stage("ae_gmm", "configs/ae_gmm.yaml", "Autoencoder + 20-component GMM (section 4)"),

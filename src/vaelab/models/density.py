@@ -1,4 +1,4 @@
-"""Ex-post latent densities: a Gaussian mixture fitted by EM to the codes of the training set (the seed's
+"""Ex-post latent densities: a Gaussian mixture fitted by EM to the codes of the training set (the study's
 section 4, eq. 13) turns a deterministic autoencoder into a generative model, and gives any model with a
 continuous code an alternative prior (ex-post density estimation, Ghosh et al. 2020).
 

@@ -90,7 +90,7 @@ def check_units(hidden_units: int | None, family: str) -> None:
 
 @LATENTS.register("gaussian")
 class GaussianLatent(LatentFamily):
-    """Diagonal Gaussian q(z|x) = N(mu, diag sigma^2), prior N(0, I) (the seed's section 2)."""
+    """Diagonal Gaussian q(z|x) = N(mu, diag sigma^2), prior N(0, I) (the study's section 2)."""
 
     params_per_dim = 2
     reparameterizable = True
@@ -128,9 +128,9 @@ class UniformBernoulli(Bernoulli):
 
 @LATENTS.register("bernoulli")
 class BernoulliLatent(LatentFamily):
-    """Factorised Bernoulli codes q(z|x) = prod Bern(sigmoid(l_i(x))), prior Bern(p) per bit (the seed's section 3).
+    """Factorised Bernoulli codes q(z|x) = prod Bern(sigmoid(l_i(x))), prior Bern(p) per bit (the study's section 3).
 
-    `prior_probs` is the seed's y = 1/2 by default; `learn_prior=True` learns one prior logit per bit
+    `prior_probs` is the study's y = 1/2 by default; `learn_prior=True` learns one prior logit per bit
     (the setting of the DisARM / VIMCO benchmarks).
     """
 
@@ -140,7 +140,7 @@ class BernoulliLatent(LatentFamily):
     def __init__(self, dim: int, prior_probs: float = 0.5, learn_prior: bool = False) -> None:
         super().__init__(dim)
         check_number("model.latent_kwargs.prior_probs", prior_probs, 0, 1, open_lo=True, open_hi=True,
-                     fix="e.g. 0.5, the seed's uniform prior")
+                     fix="e.g. 0.5, the study's uniform prior")
         logits = torch.full((dim,), math.log(prior_probs / (1.0 - prior_probs)))
         if learn_prior:
             self.prior_logits = nn.Parameter(logits)
@@ -184,7 +184,7 @@ class PointMass(Distribution):
 
 @LATENTS.register("deterministic")
 class DeterministicLatent(LatentFamily):
-    """A plain autoencoder's code (the seed's section 4): no KL; the prior is a density fitted afterwards."""
+    """A plain autoencoder's code (the study's section 4): no KL; the prior is a density fitted afterwards."""
 
     reparameterizable = True
     has_kl = False

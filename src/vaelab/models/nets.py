@@ -38,7 +38,7 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 @NETS.register("mlp")
 def mlp_pair(data_dim: int, image_shape: tuple[int, int], enc_out: int, latent_dim: int,
              hidden: list[int], activation: str) -> tuple[nn.Module, nn.Module]:
-    """MLP encoder P-h1-...-enc_out and the mirrored decoder D-...-h1-P (the seed's 784-512-256-20 and back)."""
+    """MLP encoder P-h1-...-enc_out and the mirrored decoder D-...-h1-P (the study's 784-512-256-20 and back)."""
     encoder = mlp([data_dim, *hidden, enc_out], activation)
     decoder = mlp([latent_dim, *reversed(hidden), data_dim], activation)
     return encoder, decoder

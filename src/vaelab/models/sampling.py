@@ -1,4 +1,4 @@
-"""Turning decoder probabilities omega into images: the seed's Figures 1/2 (and 4/5) sampling modes."""
+"""Turning decoder probabilities omega into images: the study's Figures 1/2 (and 4/5) sampling modes."""
 
 from __future__ import annotations
 

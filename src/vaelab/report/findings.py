@@ -1,5 +1,5 @@
 """The report's findings paragraph, written from the study's own numbers: which model has the best test bound and
-by how much, where the AE + GMM stands, how the Bernoulli VAE trained with DisARM compares with the seed's sfe-avg
+by how much, where the AE + GMM stands, how the Bernoulli VAE trained with DisARM compares with the study's sfe-avg
 (its bound, and the two estimators' gradient variance at the sfe-avg model), and the lowest sample Frechet
 distance. Every sentence states the numbers it rests on, formatted as the tables show them; a sentence whose
 numbers are missing is left out, so nothing is claimed that the run did not measure.
@@ -77,12 +77,12 @@ def estimator_run(evals: dict[str, dict], estimator: str) -> tuple[str, dict] | 
 
 
 def estimator_sentence(evals: dict[str, dict]) -> str | None:
-    """The Bernoulli VAE's test bound with DisARM against the seed's sfe-avg."""
+    """The Bernoulli VAE's test bound with DisARM against the study's sfe-avg."""
     sfe, disarm = estimator_run(evals, "sfe-avg"), estimator_run(evals, "disarm")
     if sfe is None or disarm is None or sfe[1].get(BOUND) is None or disarm[1].get(BOUND) is None:
         return None
     gap = disarm[1][BOUND] - sfe[1][BOUND]
-    return (f"Trained with DisARM instead of the seed's sfe-avg, the Bernoulli VAE's test bound is "
+    return (f"Trained with DisARM instead of the study's sfe-avg, the Bernoulli VAE's test bound is "
             f"{abs(gap):.2f} nats {'higher' if gap >= 0 else 'lower'} ({bound(disarm[1])} against {bound(sfe[1])})"
             f"{within(disarm[1], sfe[1])}.")
 

@@ -32,7 +32,7 @@ from vaelab.viz import html_page as page
 from vaelab.viz.latent_map import CSS, JS, latent_map_html
 
 TITLE = "vaelab: the study reproduced"
-LEGEND = "Numbered figures are the seed's; lettered ones are vaelab's additions."
+LEGEND = "Numbered figures are the study's; lettered ones are vaelab's additions."
 MAP_CAPTION = ("The autoencoder's 2-D codes of training images coloured by digit (one colour for data without "
                "labels), under the fitted GMM's "
                "log-density contours (in nats; its components are drawn in Figures 7 and 8). Move the pointer over "
@@ -70,7 +70,7 @@ def gmm_figs(out: Path, ae: str) -> list[list[Fig]]:
     return [[Fig("Figure 7", fig / "latent_gmm_codes.png", "The autoencoder's codes of the training set (the "
                  "seed's 'distribution of the latent space') under the fitted GMM's log-density contours (nats; "
                  "the regions inside hold 99, 95, 75, 50 and 25% of the codes) and its components' 95% ellipses.", why),
-             Fig("Figure 8", fig / "latent_gmm_samples.png", "As many samples of the GMM (the seed's 'distribution "
+             Fig("Figure 8", fig / "latent_gmm_samples.png", "As many samples of the GMM (the study's 'distribution "
                  "of the GMM'), same axes, contours and ellipses: where the two clouds differ, the mixture misses.",
                  why)],
             [Fig("Figure 9", fig / "samples_gmm_probs.png", "Decoded GMM samples: omega shown as grey levels.",
@@ -84,7 +84,7 @@ def gradvar_caption(out: Path, names: list[str]) -> str:
     found = [g for n in names if (g := read_gradvar(out / n / "gradvar" / "gradvar.json")) is not None]
     how = (f"{found[0]['draws']} draws of each estimator on one fixed batch of {found[0]['batch']} training "
            "images" if found else "one fixed batch")
-    return ("Variance of the encoder gradient at the trained Bernoulli VAEs: the seed's score function without "
+    return ("Variance of the encoder gradient at the trained Bernoulli VAEs: the study's score function without "
             f"(sfe) and with (sfe-avg) its running-average control variate, RLOO and DisARM; {how} (`vaelab "
             "gradvar RUN`); the estimator a model was trained with keeps its trained state, the others are warmed "
             "up on the batch.")

@@ -3,7 +3,7 @@
 The page (laid out by page.render_page) puts each figure beside its twin, marks the best value of each ranked
 column, folds configs and provenance, and says in one line why anything expected is missing. What it shows beyond
 each run's eval.json and figures comes from RUN/metrics.jsonl (curves), and from what report/inputs.py left in
-the run (gradient variance, codes in 2-D, the interactive latent map). Numbered figures are the seed's; lettered
+the run (gradient variance, codes in 2-D, the interactive latent map). Numbered figures are the study's; lettered
 ones are vaelab's additions.
 """
 

@@ -11,7 +11,7 @@ to float rounding (tests/test_stacked.py: 1e-6 on the CPU). What comes out is N 
 It is trained by the single run's machinery: `StackedStep` (this model's optimisation step, with per-seed gradient
 clipping) runs inside training/epoch.py's `EpochLoop` (the step count, each seed's permutation, the signal and
 divergence handling), and each seed's checkpoint is its `TrainState`'s (trainer.py), written from its unstacked
-copy; what is this module's own is the per-seed bookkeeping (`Seed`, `Stack`, `_end_epoch`).
+copy; what is this module's own is the per-seed bookkeeping (`SeedRun`, `Stack`, `_end_epoch`).
 
 On a GPU this turns N launch-bound small steps into one step of N-times-larger kernels: the point of stacking
 (benchmarks/RESULTS.md measures 32 seeds against one). Stacking covers the eager single-process step: it refuses
@@ -54,7 +54,7 @@ from vaelab.training.step import Objective, Step, batch_sums
 from vaelab.training.trainer import TrainState
 
 
-class Seed:
+class SeedRun:
     """One seed's run: its config, directory, modules (the unstacked copy the checkpoints are written from) and
     `TrainState` (optimizer, data generator, epochs done, metrics history), and its estimator noise stream."""
 
@@ -118,7 +118,7 @@ def _check(cfg: Config, seeds: list[int], run_dirs: list[Path]) -> None:
 class Stack:
     """The seeds' parameters, buffers and optimizer state stacked along a leading seed dimension."""
 
-    def __init__(self, runs: list[Seed], cfg: Config, device: torch.device) -> None:
+    def __init__(self, runs: list[SeedRun], cfg: Config, device: torch.device) -> None:
         self.runs, self.template = runs, runs[0].objective
         objectives = [r.objective for r in runs]
         self.params = {k: torch.stack([dict(o.named_parameters())[k].detach() for o in objectives]).requires_grad_()
@@ -286,7 +286,7 @@ def train_stacked(cfg: Config, seeds: list[int], run_dirs: list[str | Path], *, 
         check_run_dir(d, resume)
     device = resolve_device(cfg.train.device)
     data = prepare_data(cfg.data, device)
-    runs = [Seed(_with_seed(cfg, s), d, data, device, resume) for s, d in zip(seeds, run_dirs, strict=True)]
+    runs = [SeedRun(_with_seed(cfg, s), d, data, device, resume) for s, d in zip(seeds, run_dirs, strict=True)]
     if len({r.state.epoch for r in runs}) > 1:
         raise VaelabError("the runs to stack stopped at different epochs: resume them one by one "
                           f"({', '.join(f'{r.run_dir}: {r.state.epoch}' for r in runs)})")

@@ -1,4 +1,4 @@
-"""Latent-space figures of the seed's section 4: the codes coloured by digit (Figure 6); the codes (Figure 7) and
+"""Latent-space figures of the study's section 4: the codes coloured by digit (Figure 6); the codes (Figure 7) and
 as many samples of the fitted mixture (Figure 8) under the mixture's log-density contours and component ellipses,
 on the same axes; the codes next to the samples as scatter and 2-D histogram. Codes of more than two dimensions
 are shown on their first two principal components (the mixture samples on the same projection, without contours).
@@ -127,7 +127,7 @@ def draw_gmm(ax: plt.Axes, density: GMMDensity, lims: list[tuple[float, float]],
 def plot_gmm_panel(points: np.ndarray, density: GMMDensity, lims: list[tuple[float, float]], levels: np.ndarray,
                    path: str | Path, title: str, color: str = "0.25") -> Path:
     """Points (codes or mixture samples, 2-D) under the mixture's log-density contours and component ellipses
-    (the seed's Figures 7 and 8, one panel each, same axes and levels)."""
+    (the study's Figures 7 and 8, one panel each, same axes and levels)."""
     fig, ax = plt.subplots(figsize=(6.2, 5.4), dpi=110)
     size = float(np.clip(8000 / len(points), 0.3, 8))
     ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.4, linewidths=0, color=color, rasterized=True)

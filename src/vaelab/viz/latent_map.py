@@ -1,4 +1,4 @@
-"""The interactive latent map of a model with a 2-D continuous code (the seed's autoencoder): in the report, moving
+"""The interactive latent map of a model with a 2-D continuous code (the study's autoencoder): in the report, moving
 the pointer over the code plane shows the decoded image at that point.
 
 Precomputed, so the page needs no server: the decoder's omega on an n x n grid of codes over the plane, tiled into
