@@ -5,9 +5,11 @@ same model and the matmul floor, alternating in one process, on one thread.
 
 For each preset (default: literature/iwae_vae_1layer, batch 20; literature/disarm_linear and disarm_nonlinear, 200
 Bernoulli latents, batch 50) and each round, in turn:
-  vaelab  `train.train_epoch` as the trainer runs it (the step `make_step` builds, the config's optimizers) over
-          an epoch of `--steps` batches: the training set is cut to steps x batch images, so the per-epoch work
+  vaelab  `train.train_epoch` as the trainer runs it (the step `make_step` builds: hand-written where there is one,
+          training/by_hand*.py; the config's optimizers) over an epoch of `--steps` batches: the training set is
+          cut to steps x batch images, so the per-epoch work
           (binarization, permutation, the final read of the sums) weighs per step as in a full epoch;
+  autograd  the same with `train.backward: autograd` (vaelab's eager autograd step);
   plain   the loop a researcher writes: binarize, permute, then per batch the forward, autograd, Adam (and SGD for
           the DisARM prior logits, as the preset) with torch.optim defaults;
   floor   the step's matmuls alone, forward (X W^T) and backward (dY W where an input gradient is needed, dY^T X),
@@ -143,33 +145,37 @@ class Plain:
 
 
 class Floor:
-    """The step's forward and backward matmuls alone, on preallocated tensors."""
+    """The step's forward and backward matmuls alone, on preallocated tensors. The Gaussian VAE decodes one z and
+    differentiates into it; DisARM with signal: rec decodes and differentiates its antithetic pair (2B rows); with
+    signal: elbo (the reference setting) it decodes the pair forward only and a fresh draw forward and backward."""
 
     def __init__(self, cfg: Config, steps: int) -> None:
         m, b = cfg.model, cfg.train.batch_size
         d, gaussian = m.latent_dim, m.latent == "gaussian"
         enc = [784, *m.hidden, 2 * d if gaussian else d]
         dec = [d, *reversed(m.hidden), 784]
-        rows = b if gaussian else 2 * b                     # DisARM decodes the antithetic pair
+        elbo = cfg.estimator.kwargs.get("signal") == "elbo"
         pairs = lambda sizes: enumerate(zip(sizes[:-1], sizes[1:], strict=True))   # noqa: E731
-        self.layers = [self._layer(b, i, o, need_dx=k > 0) for k, (i, o) in pairs(enc)]
-        self.layers += [self._layer(rows, i, o, need_dx=k > 0 or gaussian)   # reparam: z needs its gradient
+        self.layers = [self._layer(b, b, i, o, need_dx=k > 0) for k, (i, o) in pairs(enc)]
+        fwd, bwd = (b, b) if gaussian else (3 * b, b) if elbo else (2 * b, 2 * b)
+        self.layers += [self._layer(fwd, bwd, i, o, need_dx=k > 0 or gaussian)   # reparam: z needs its gradient
                         for k, (i, o) in pairs(dec)]
         self.steps = steps
-        self.flops = sum(2 * x.shape[0] * x.shape[1] * w.shape[0] * (3 if dx else 2) for x, w, _, dx in self.layers)
+        self.flops = sum(2 * w.shape[0] * w.shape[1] * (len(x) + len(dy) * (2 if dx else 1))
+                         for x, w, dy, dx in self.layers)
 
     @staticmethod
-    def _layer(rows: int, n_in: int, n_out: int, need_dx: bool):
-        return torch.rand(rows, n_in), torch.rand(n_out, n_in), torch.rand(rows, n_out), need_dx
+    def _layer(fwd_rows: int, bwd_rows: int, n_in: int, n_out: int, need_dx: bool):
+        return torch.rand(fwd_rows, n_in), torch.rand(n_out, n_in), torch.rand(bwd_rows, n_out), need_dx
 
     def run(self) -> float:
         t = time.perf_counter()
         for _ in range(self.steps):
             for x, w, dy, need_dx in self.layers:
-                torch.mm(x, w.t())                          # forward [rows, out]
+                torch.mm(x, w.t())                          # forward [fwd_rows, out]
                 if need_dx:
-                    torch.mm(dy, w)                         # input gradient [rows, in]
-                torch.mm(dy.t(), x)                         # weight gradient [out, in]
+                    torch.mm(dy, w)                         # input gradient [bwd_rows, in]
+                torch.mm(dy.t(), x[: len(dy)])              # weight gradient [out, in]
         return time.perf_counter() - t
 
 
@@ -177,7 +183,7 @@ class AdamOnly:
     """The optimizer update of a `Vaelab` alone, `steps` times, on gradients set once."""
 
     def __init__(self, vaelab: Vaelab, steps: int) -> None:
-        self.optim, self.steps = vaelab.optim.optimizers, steps
+        self.optim, self.steps = vaelab.optim, steps
 
     def run(self) -> float:
         for p in self.optim.params():
@@ -189,8 +195,11 @@ class AdamOnly:
 
 
 def variants_of(cfg: Config, splits: Splits, steps: int) -> dict:
-    """vaelab, plain, floor and adam for one preset (adam on its own copy of vaelab's model, not the timed one)."""
-    return {"vaelab": Vaelab(cfg, splits, steps), "plain": Plain(cfg, splits, steps), "floor": Floor(cfg, steps),
+    """vaelab (its default step: hand-written where there is one), vaelab's autograd step, plain, floor and adam
+    for one preset (adam on its own copy of vaelab's model, not the timed one)."""
+    autograd = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, backward="autograd"))
+    return {"vaelab": Vaelab(cfg, splits, steps), "autograd": Vaelab(autograd, splits, steps),
+            "plain": Plain(cfg, splits, steps), "floor": Floor(cfg, steps),
             "adam": AdamOnly(Vaelab(cfg, splits, 1), steps)}
 
 
@@ -219,7 +228,9 @@ def measure(presets: list[str], steps: int, repeats: int) -> dict[str, dict]:
         out[p] = {"ms_per_step": med, "all_ms_per_step": times[p], "batch_size": cfgs[p].train.batch_size,
                   "wall_ms_per_step": {k: statistics.median(v) for k, v in wall[p].items()},
                   "estimator": cfgs[p].estimator.name, "matmul_mflop_per_step": variants[p]["floor"].flops / 1e6,
+                  "hand_written": variants[p]["vaelab"].step.by_hand is not None,
                   "vaelab_over_floor": med["vaelab"] / med["floor"], "plain_over_floor": med["plain"] / med["floor"],
+                  "autograd_over_floor": med["autograd"] / med["floor"],
                   "vaelab_over_plain": med["vaelab"] / med["plain"]}
     return out
 
@@ -233,12 +244,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     results = measure(args.presets, args.steps, args.repeats)
-    print("\n| preset | batch | vaelab | plain | matmul floor | Adam alone | vaelab/floor | plain/floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| preset | batch | vaelab | vaelab autograd | plain | matmul floor | Adam alone | vaelab/floor | "
+          "autograd/floor | plain/floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p, r in results.items():
         ms = r["ms_per_step"]
-        print(f"| {p} | {r['batch_size']} | {ms['vaelab']:.3f} | {ms['plain']:.3f} | {ms['floor']:.3f} | "
-              f"{ms['adam']:.3f} | {r['vaelab_over_floor']:.2f} | {r['plain_over_floor']:.2f} |")
+        print(f"| {p}{' (hand-written)' if r['hand_written'] else ''} | {r['batch_size']} | {ms['vaelab']:.3f} | "
+              f"{ms['autograd']:.3f} | {ms['plain']:.3f} | {ms['floor']:.3f} | {ms['adam']:.3f} | "
+              f"{r['vaelab_over_floor']:.2f} | {r['autograd_over_floor']:.2f} | {r['plain_over_floor']:.2f} |")
     print("(CPU ms per step, medians; one thread)")
     if args.steps < 100:
         return

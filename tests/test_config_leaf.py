@@ -102,13 +102,14 @@ def test_the_static_tables_equal_the_live_registries_and_modules():
     from vaelab.data.binarize import BINARIZATIONS
     from vaelab.models.nets import ACTIVATIONS
     from vaelab.runtime.hardware import AUTOCAST_DTYPES, COMPILE_MODES, DEVICE_PATTERN
+    from vaelab.training.by_hand import BACKWARDS
 
     assert names.tables_source(names.live_tables()) in Path(names.__file__).read_text(), (
         "the registries changed: paste the output of `python -m vaelab.config.names` over the tables in "
         "src/vaelab/config/names.py")
     assert names.BINARIZATIONS == BINARIZATIONS and names.ACTIVATIONS == tuple(ACTIVATIONS)
     assert names.DEVICE_PATTERN.pattern == DEVICE_PATTERN.pattern and names.COMPILE_MODES == COMPILE_MODES
-    assert names.AUTOCASTS == tuple(AUTOCAST_DTYPES)
+    assert names.AUTOCASTS == tuple(AUTOCAST_DTYPES) and names.BACKWARDS == BACKWARDS
 
 
 @pytest.mark.parametrize("overrides, line", BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else "")

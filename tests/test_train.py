@@ -18,6 +18,7 @@ from vaelab.estimators.pathwise import Reparam
 from vaelab.evaluation.bounds import elbo_terms
 from vaelab.runs.loaded_run import open_run
 from vaelab.runs.metrics_log import MetricsSink
+from vaelab.training.by_hand import ReparamByHand
 from vaelab.training.trainer import train
 
 
@@ -154,6 +155,14 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
         return est
 
     monkeypatch.setattr(Reparam, "forward", poisoned)
+    real_by_hand = ReparamByHand.__call__
+
+    def poisoned_by_hand(self, x, kl_weight=1.0):                  # the CPU's hand-written step (training/by_hand.py)
+        est = real_by_hand(self, x, kl_weight)
+        est.loss = est.loss * float("nan")
+        return est
+
+    monkeypatch.setattr(ReparamByHand, "__call__", poisoned_by_hand)
     cfg = tiny_config("train.epochs=2")
     with pytest.raises(VaelabError, match="diverged in epoch 1.*no checkpoint was written; it restarts the run"):
         train(cfg, tmp_path / "fresh", quiet=True)

@@ -4,7 +4,14 @@ registries)."""
 
 from __future__ import annotations
 
-from vaelab.config.names import ESTIMATOR_ROWS, LATENT_ROWS, NET_NAMES, presets
+from vaelab.config.names import (
+    ESTIMATOR_ROWS,
+    HAND_WRITTEN,
+    HAND_WRITTEN_ACTIVATIONS,
+    LATENT_ROWS,
+    NET_NAMES,
+    presets,
+)
 
 
 def live_tables() -> tuple[tuple, tuple, tuple]:
@@ -22,6 +29,9 @@ def listing(latents: tuple = LATENT_ROWS, estimators: tuple = ESTIMATOR_ROWS, ne
     lines.append("estimators (estimator.name), and the latent families each fits:")
     for name, text, fits in estimators:
         lines += [f"  {name:16s} {text}", f"  {'':16s} fits: {', '.join(fits) or 'none'}"]
+        if name in HAND_WRITTEN:
+            lines.append(f"  {'':16s} hand-written step on a CPU (train.backward: auto): {HAND_WRITTEN[name]} latents, "
+                         f"mlp nets with {', '.join(HAND_WRITTEN_ACTIVATIONS)}")
     lines.append(f"networks (model.nets): {', '.join(nets)}")
     lines.append(f"presets (vaelab train NAME): {', '.join(presets())}")
     return "\n".join(lines) + "\n"

@@ -158,6 +158,9 @@ def _check_hardware(cfg: Any) -> None:
                           + ", ".join(names.COMPILE_MODES))
     if cfg.autocast is not None and cfg.autocast not in names.AUTOCASTS:
         raise VaelabError(f"train.autocast = {cfg.autocast!r} is not supported: use bf16, or null for fp32")
+    if cfg.backward not in names.BACKWARDS:
+        raise VaelabError(f"train.backward = {cfg.backward!r} is not a way to differentiate: use one of "
+                          + ", ".join(names.BACKWARDS))
 
 
 def _check_train(cfg: Any) -> None:

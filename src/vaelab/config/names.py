@@ -28,6 +28,11 @@ BINARIZATIONS = ("dynamic", "static", "threshold", "none")                      
 ACTIVATIONS = ("relu", "tanh", "leaky_relu", "elu", "softplus")                 # models.nets.ACTIVATIONS
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")                             # runtime.hardware.DEVICE_PATTERN
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # runtime.hardware
+BACKWARDS = ("auto", "manual", "autograd")                                      # training.by_hand.BACKWARDS
+# the estimators with a hand-written step (train.backward, training/by_hand*.py), on which latent family, with MLP
+# nets of these activations; tests/test_by_hand.py checks this table against the steps' own `plan`
+HAND_WRITTEN = {"reparam": "gaussian", "disarm": "bernoulli", "arm": "bernoulli"}
+HAND_WRITTEN_ACTIVATIONS = ("tanh", "relu", "leaky_relu")
 AUTOCASTS = ("bf16",)                                                           # runtime.hardware.AUTOCAST_DTYPES
 
 Signature = tuple[str, dict[str, Any]] | None   # (class name, {keyword: annotation}); None: takes **kwargs

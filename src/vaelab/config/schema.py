@@ -70,6 +70,7 @@ class TrainConfig:
     grad_stats_draws: int = 8      # extra estimator calls on the step's batch for each measurement
     log_every: int = 10            # TensorBoard: every N-th step's batch loss, ELBO, rec and KL (tb, batch/*)
     cuda_graph: bool = False       # CUDA only: replay each whole update (forward, backward, Adam) as one CUDA graph
+    backward: str = "auto"         # auto | manual | autograd: manual = the hand-written step (training/by_hand.py)
     keep_best: str | None = None   # "valid_elbo": also keep RUN/best/, the epoch of the best validation ELBO
     early_stop_patience: int | None = None   # stop after N epochs without a better validation ELBO; None = off
 

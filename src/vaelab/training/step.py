@@ -16,10 +16,12 @@ from torch import Tensor, nn
 
 from vaelab.config.schema import Config
 from vaelab.core import faults
+from vaelab.core.errors import VaelabError
 from vaelab.estimators.base import Estimate
+from vaelab.estimators.pathwise import AntitheticPair
 from vaelab.optim.optimizers import Optimizers
 from vaelab.runtime import distributed, hardware
-from vaelab.training import cudagraph
+from vaelab.training import by_hand, by_hand_pair, cudagraph
 
 
 class Objective(nn.Module):
@@ -50,8 +52,10 @@ class Step:
 
     def __init__(self, forward: Callable[[Tensor, float | Tensor], Any], optim: Optimizers | torch.optim.Optimizer,
                  grad_clip: float | None, ctx: distributed.Context, steps: int, graphed: bool = False,
-                 seeds: tuple[int, ...] = ()) -> None:
+                 seeds: tuple[int, ...] = (), by_hand: Callable[[Tensor, float | Tensor], Estimate] | None = None
+                 ) -> None:
         self.forward, self.optim, self.grad_clip, self.ctx = forward, optim, grad_clip, ctx
+        self.by_hand = by_hand                                                 # forward and backward written out
         self.params = [p for g in optim.param_groups for p in g["params"]]
         self.sums = torch.zeros(*seeds, 4, device=ctx.device)                  # loss, elbo, rec, kl ([N, 4])
         self.rows = torch.zeros(steps, *seeds, 4, device=ctx.device)           # the same, step by step
@@ -62,9 +66,12 @@ class Step:
         self.run(x, kl_weight, weight)
 
     def update(self, x: Tensor, kl_weight: float | Tensor, weight: float = 1.0) -> None:
-        est = self.forward(x, kl_weight)                                       # estimator(model, x, kl_weight)
-        self.optim.zero_grad(set_to_none=True)
-        (est.loss * weight if self.ctx.distributed else est.loss).backward()  # DDP averages the ranks' grads
+        if self.by_hand is not None:
+            est = self.by_hand(x, kl_weight)                                   # sets every .grad (by_hand.py)
+        else:
+            est = self.forward(x, kl_weight)                                   # estimator(model, x, kl_weight)
+            self.optim.zero_grad(set_to_none=True)
+            (est.loss * weight if self.ctx.distributed else est.loss).backward()  # DDP averages the ranks' grads
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optim.step()
@@ -112,4 +119,27 @@ def make_step(cfg: Config, model: nn.Module, estimator: nn.Module, optim: Optimi
     forward = distributed.ddp(forward, ctx, probe, sync_buffers=any(True for _ in estimator.buffers()))
     if t.compile:
         forward = hardware.compile_step(forward, t.compile_mode)
-    return Step(forward, optim, t.grad_clip, ctx, steps, graphed=cudagraph.enabled(t.cuda_graph, ctx.device))
+    return Step(forward, optim, t.grad_clip, ctx, steps, graphed=cudagraph.enabled(t.cuda_graph, ctx.device),
+                by_hand=hand_written(t, model, estimator, ctx))
+
+
+def hand_written(t: Any, model: nn.Module, estimator: nn.Module,
+                 ctx: distributed.Context) -> Callable[[Tensor, float | Tensor], Estimate] | None:
+    """The hand-written step (training/by_hand.py) under train.backward: manual (refused, with the reason, where
+    there is none), or auto on a CPU with no other wrapper (compile, autocast, DDP) where there is one."""
+    if t.backward == "autograd":
+        return None
+    others = [name for name, on in (("train.compile", t.compile), ("train.autocast", t.autocast),
+                                    ("torchrun", ctx.distributed),
+                                    ("train.cuda_graph", cudagraph.enabled(t.cuda_graph, ctx.device))) if on]
+    step, why = hand_plan(model, estimator)
+    if t.backward == "manual" and (step is None or others):
+        why = why or f"{others[0]} wraps the autograd step"
+        raise VaelabError(f"train.backward = manual: {why}; use train.backward=auto or autograd")
+    return step if t.backward == "manual" or (not others and ctx.device.type == "cpu") else None
+
+
+def hand_plan(model: nn.Module, estimator: nn.Module) -> tuple[Callable[..., Estimate] | None, str]:
+    """(the hand-written step of this model and estimator, "") or (None, why there is none): reparam's in
+    training/by_hand.py, DisARM's and ARM's in training/by_hand_pair.py (config/names.py HAND_WRITTEN lists them)."""
+    return (by_hand_pair.plan if isinstance(estimator, AntitheticPair) else by_hand.plan)(model, estimator)

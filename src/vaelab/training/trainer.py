@@ -50,7 +50,7 @@ from vaelab.training.epoch import (  # noqa: F401  (re-exported: benchmarks and 
     steps_per_epoch,
     train_epoch,
 )
-from vaelab.training.step import Objective, Step, make_step  # noqa: F401  (re-exported, as above)
+from vaelab.training.step import Objective, Step, hand_written, make_step  # noqa: F401  (re-exported, as above)
 
 
 @dataclass
@@ -139,6 +139,7 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
     beta, lr_at = kl_schedule(t.kl_weight, steps), lr_schedule(t.lr_schedule)   # validated before any training
     hardware.check_options(t.compile, t.autocast, device, t.compile_mode)
     cudagraph.check(t.cuda_graph, t.compile_mode, ctx.distributed)
+    hand_written(t, model, estimator, ctx)            # refuses train.backward=manual before the run directory exists
     named = {f"model.{k}": p for k, p in model.named_parameters()} | {
         f"estimator.{k}": p for k, p in estimator.named_parameters()}
     optim = build_optimizers(named, t.lr, t.adam_eps, t.param_groups, device,
