@@ -75,6 +75,22 @@ def test_plan_names_why_a_model_has_no_hand_written_step(overrides, estimator, r
     assert step is None and reason in why
 
 
+def test_a_subclass_with_its_own_forward_is_not_taken_for_its_base():
+    class Doubled(torch.nn.Sequential):                                         # a plugin's net, say
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return 3 * super().forward(x)
+
+    model = model_for("gaussian_vae", [])
+    for swap in (lambda: Doubled(*model.encoder), lambda: torch.nn.Sequential(Scaled(784, 40))):
+        model.encoder = swap()
+        step, why = by_hand.plan(model, ESTIMATORS.get("reparam")())
+        assert step is None and "has no hand-written backward" in why
+
+
 def test_the_trainer_picks_it_on_a_cpu_unless_told_otherwise():
     cpu = distributed.Context(device=torch.device("cpu"))
 

@@ -40,11 +40,11 @@ class HandMLP:
         self.demean: Demean | None = None                                  # x - its mean image [P] first
         self.layers: list[tuple[nn.Linear, str | None, float]] = []        # (linear, activation after it, slope)
         for m in flatten(net):
-            if isinstance(m, Demean) and not self.layers:
+            if type(m) is Demean and not self.layers:
                 self.demean = m                                            # its buffer is read at each call
-            elif isinstance(m, Centered) and not self.layers:
+            elif type(m) is Centered and not self.layers:
                 self.shift = (2.0, -1.0)
-            elif isinstance(m, nn.Linear):
+            elif type(m) is nn.Linear:
                 self.layers.append((m, None, 0.0))
             elif self.layers and self.layers[-1][1] is None and type(m) in ACTS:
                 slope = float(getattr(m, "negative_slope", 0.0))
@@ -100,8 +100,9 @@ ACTS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu"}
 
 
 def flatten(net: nn.Module) -> list[nn.Module]:
-    """The leaf modules of nested nn.Sequential containers, in order (a lone module as itself)."""
-    if isinstance(net, nn.Sequential):
+    """The leaf modules of nested nn.Sequential containers, in order (a lone module as itself). Exact types only:
+    a subclass may change what forward computes, so it is a leaf (and then has no hand-written backward)."""
+    if type(net) is nn.Sequential:
         return [leaf for m in net for leaf in flatten(m)]
     return [net]
 
@@ -147,7 +148,7 @@ def plan(model: nn.Module, estimator: nn.Module) -> tuple[ReparamByHand | None, 
     if type(estimator) is not Reparam:
         return None, (f"estimator {type(estimator).__name__} has no hand-written backward (reparam, disarm and arm "
                       "have)")
-    if not isinstance(model, VAE) or type(model.latent) is not GaussianLatent:
+    if type(model) is not VAE or type(model.latent) is not GaussianLatent:
         return None, "only the Gaussian latent family has a hand-written backward"
     if list(model.latent.parameters()):
         return None, "the latent family has parameters of its own"

@@ -126,7 +126,7 @@ def plan(model: nn.Module, estimator: nn.Module) -> tuple[AntitheticPairByHand |
     """(the hand-written step, "") when the model and estimator have one, else (None, the reason why not)."""
     if type(estimator) not in (DisARM, ARM):
         return None, f"estimator {type(estimator).__name__} has no hand-written antithetic step (disarm, arm have)"
-    if not isinstance(model, VAE) or type(model.latent) is not BernoulliLatent:
+    if type(model) is not VAE or type(model.latent) is not BernoulliLatent:
         return None, "only the factorised Bernoulli latent family has a hand-written antithetic step"
     try:
         return AntitheticPairByHand(model, estimator), ""
