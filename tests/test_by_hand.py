@@ -150,3 +150,12 @@ def test_hand_written_steps_are_where_the_listing_says(estimator, latent):
     model = build_model(cfg.model, 64, (8, 8), torch.full((64,), 0.3))
     step, why = hand_plan(model, build_estimator(estimator, {}, model))
     assert (step is not None) == (names.HAND_WRITTEN.get(estimator) == latent), why
+
+
+def test_a_run_saved_before_the_option_existed_resumes_with_autograd():
+    from vaelab.config.schema import config_from_yaml_text
+
+    text = tiny_config().to_yaml()
+    assert config_from_yaml_text(text).train.backward == "auto"
+    old = "\n".join(line for line in text.splitlines() if not line.strip().startswith("backward:"))
+    assert old != text and config_from_yaml_text(old).train.backward == "autograd"

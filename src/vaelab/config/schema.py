@@ -229,8 +229,12 @@ def data_label(source: str) -> str:
 
 
 def config_from_yaml_text(text: str, what: str = "config", fix: str = "fix it") -> Config:
-    """Rebuild (and validate) a Config saved with `Config.to_yaml` (used when loading a run)."""
-    return validate(from_dict(Config, parse_yaml_mapping(text, what, fix)))
+    """Rebuild (and validate) a Config saved with `Config.to_yaml` (used when loading a run). A run saved before
+    `train.backward` existed trained with autograd, and so resumes with it: bit for bit, as it would have."""
+    values = parse_yaml_mapping(text, what, fix)
+    if isinstance(values.get("train"), dict) and "backward" not in values["train"]:
+        values["train"]["backward"] = "autograd"
+    return validate(from_dict(Config, values))
 
 
 def validate(cfg: Config) -> Config:
