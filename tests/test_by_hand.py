@@ -126,7 +126,9 @@ def test_manual_on_an_estimator_without_one_is_one_line_and_exit_2(cli, tmp_path
      "model.latent_kwargs={learn_prior: true}", "model.decoder_input=centered", "model.demean_input=true",
      "train.param_groups={prior: {optimizer: sgd, lr: 0.01}}"],
     ["model.latent=bernoulli", "estimator.name=arm", "model.latent_dim=8", "model.activation=leaky_relu"],
-], ids=["reparam", "disarm_reference", "arm"])
+    ["train.grad_clip=0.5", "train.kl_weight={kind: linear, start: 0.0, beta: 1.0, warmup_epochs: 2}",
+     "model.activation=tanh"],
+], ids=["reparam", "disarm_reference", "arm", "reparam_clip_warmup"])
 def test_a_run_by_hand_equals_an_autograd_run_to_float_tolerance(tmp_path, overrides):
     histories = {how: train(tiny_config("train.epochs=3", f"train.backward={how}", *overrides), tmp_path / how,
                             quiet=True) for how in ("manual", "autograd")}
