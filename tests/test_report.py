@@ -15,6 +15,7 @@ from helpers import assert_sprite_is_the_decoder
 from PIL import Image
 
 from vaelab.models.density import GMMDensity
+from vaelab.report.inputs import read_latent_map
 from vaelab.viz import html_page as page
 from vaelab.viz import plots
 from vaelab.viz.latent_figures import ELLIPSE_MASS, axis_limits, code_levels, draw_gmm, log_density_grid
@@ -126,11 +127,11 @@ def test_latent_map_sprite_tiles_are_the_decodes_of_their_codes(tmp_path):
         codes = model.posterior(data.x_train).mean.double().numpy()
     density = GMMDensity(3, "full").fit(codes)
     meta = json.loads(write_latent_map(model, codes, data.y_train.numpy(), density, tmp_path, n=12).read_text())
-    html = latent_map_html(tmp_path, "Figure C", "caption")
+    html = latent_map_html(tmp_path, read_latent_map(tmp_path), "Figure C", "caption")
     assert_sprite_is_the_decoder(model, html)
     left, top, width, height = meta["box"]
     assert 0 < left < left + width < 1 and 0 < top < top + height < 1 and meta["contours"]
-    assert "addEventListener('pointermove'" in JS and latent_map_html(tmp_path / "none", "x", "y") is None
+    assert "addEventListener('pointermove'" in JS and read_latent_map(tmp_path / "none") is None
 
 
 @pytest.mark.parametrize("n", [2, 5])

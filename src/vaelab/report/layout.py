@@ -159,8 +159,9 @@ def block_html(out: Path, block: tuple) -> str:
     if kind == "map":
         fig, why = map_fig(out, block[1])
         if fig is None:
-            n = read_latent_map(out / block[1] / "fig")["n"]   # map_fig read it whole
-            return latent_map_html(out / block[1] / "fig", "Figures 6 and C: the latent map", MAP_CAPTION.format(n=n))
+            meta = read_latent_map(out / block[1] / "fig")    # map_fig read it whole
+            return latent_map_html(out / block[1] / "fig", meta, "Figures 6 and C: the latent map",
+                                   MAP_CAPTION.format(n=meta["n"]))
         block = ("figs", [fig])
         return block_html(out, block) + page.note(why)
     present = [f for f in block[1] if (out / f.path).is_file()]

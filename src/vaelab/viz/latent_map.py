@@ -126,11 +126,9 @@ def write_latent_map(model: VAE, codes: np.ndarray, labels: np.ndarray | None, d
     return fig_dir / META
 
 
-def latent_map_html(fig_dir: Path, label: str, caption: str) -> str | None:
-    """The map as one figure block for `page.render_page` (pass CSS and JS to it); None when it was not drawn."""
-    if not all((fig_dir / f).is_file() for f in (PLANE, SPRITE, META)):
-        return None
-    meta = json.loads((fig_dir / META).read_text())
+def latent_map_html(fig_dir: Path, meta: dict, label: str, caption: str) -> str:
+    """The map in `fig_dir` as one figure block for `page.render_page` (pass CSS and JS to it). `meta`: its
+    latent_map.json as report/inputs.py's `read_latent_map` read and checked it (the one reader of that file)."""
     h, w = meta["image_shape"]
     join = lambda v: ",".join(f"{float(a):.6g}" for a in v)   # noqa: E731
     return (f'<figure class="latent-map wide" data-n="{meta["n"]}" data-x="{join(meta["x"])}" '
