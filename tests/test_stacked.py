@@ -107,6 +107,9 @@ def vaelab(*args, cwd=None):
     (["--seeds", "1,1"], "each seed once"),
     (["--seeds", "0,x"], "--seeds"),
     (["--seeds", "0,1", "--set", "train.cuda_graph=true"], "train.cuda_graph"),
+    (["--seeds", "0,1", "--set", "train.keep_best=valid_elbo"], "train.keep_best is not available in a stacked"),
+    (["--seeds", "0,1", "--set", "train.early_stop_patience=3"], "train.early_stop_patience is not available"),
+    (["--seeds", "0,1", "--set", "train.backward=manual"], "train.backward=manual is not available"),
     (["--seeds", "0,1", "--set", "estimator.name=relax"], "cannot be stacked"),
 ])
 def test_stack_cli_refuses_in_one_line(args, says, tmp_path):

@@ -109,7 +109,10 @@ def _check(cfg: Config, seeds: list[int], run_dirs: list[Path]) -> None:
         raise VaelabError(f"seeds {seeds}: each seed once")
     for name, on in (("train.compile", t.compile), ("train.cuda_graph", t.cuda_graph),
                      ("train.autocast", t.autocast not in (None, "none", False)),
-                     ("train.grad_stats_every", bool(t.grad_stats_every))):
+                     ("train.grad_stats_every", bool(t.grad_stats_every)),
+                     ("train.keep_best", t.keep_best is not None),
+                     ("train.early_stop_patience", t.early_stop_patience is not None),
+                     ("train.backward=manual", t.backward == "manual")):
         if on:
             raise VaelabError(f"{name} is not available in a stacked run (the eager step is vmapped): turn it off, "
                               "or train the seeds separately (sweep: stack: false)")
