@@ -79,8 +79,10 @@ def main() -> int:
         ref = "–" if r["reference"] is None else f"{r['reference']}"
         if r["reproduction"] is not None:
             ref += f"; Pythae {r['reproduction']}"
-        print(f"| {r['model']} | {r['data']} | {r['metric']} | {r['mean']:.2f} ({r['se_seeds']:.2f}; MC "
-              f"{r['mc_se']:.3f}), {len(r['seeds'])} seeds | {ref} | {r['source'] or '–'} | {r['verdict']} |")
+        n = len(r["seeds"])
+        se = "–" if n == 1 else f"{r['se_seeds']:.2f}"
+        print(f"| {r['model']} | {r['data']} | {r['metric']} | {r['mean']:.2f} ({se}; MC {r['mc_se']:.3f}), "
+              f"{n} seed{'s' if n > 1 else ''} | {ref} | {r['source'] or '–'} | {r['verdict']} |")
     return 0
 
 
