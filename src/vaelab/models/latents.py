@@ -110,8 +110,13 @@ class GaussianLatent(LatentFamily):
 
     def kl(self, q: Distribution) -> Tensor:
         """KL[N(mu, sigma^2) || N(0, I)] = -1/2 sum(1 + log sigma^2 - mu^2 - sigma^2) (Kingma & Welling, App. B)."""
-        mu, sigma = q.base_dist.loc, q.base_dist.scale  # [B, D]
-        return 0.5 * (mu.square() + sigma.square() - 1.0 - 2.0 * sigma.log()).sum(-1)  # [B]
+        return gaussian_kl(q.base_dist.loc, q.base_dist.scale)
+
+
+def gaussian_kl(mu: Tensor, sigma: Tensor) -> Tensor:
+    """KL[N(mu, sigma^2) || N(0, I)] = 1/2 sum(mu^2 + sigma^2 - 1 - 2 log sigma): mu, sigma [B, D] -> [B]
+    (GaussianLatent.kl, and the hand-written reparam step's)."""
+    return 0.5 * (mu.square() + sigma.square() - 1.0 - 2.0 * sigma.log()).sum(-1)
 
 
 class UniformBernoulli(Bernoulli):

@@ -24,8 +24,13 @@ class BernoulliImage(Independent):
         super().__init__(Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        logits = self.base_dist.logits                                            # [*S, B, P]
-        return torch.einsum("...p,...p->...", value, logits) - F.softplus(logits).sum(-1)  # [*S, B]
+        return bernoulli_log_prob(value, self.base_dist.logits)                   # [*S, B]
+
+
+def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
+    """log prod_i Bern(x_i | sigmoid(l_i)) = x . l - sum_i softplus(l_i): x [B, P], l [*S, B, P] -> [*S, B]
+    (BernoulliImage.log_prob, and the hand-written training steps' reconstruction term)."""
+    return torch.einsum("...p,...p->...", x, logits) - F.softplus(logits).sum(-1)
 
 
 class VAE(nn.Module):

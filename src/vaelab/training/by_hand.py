@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from vaelab.estimators.base import Estimate
 from vaelab.estimators.pathwise import Reparam
-from vaelab.models.latents import GaussianLatent
-from vaelab.models.vae import VAE, Centered, Demean
+from vaelab.models.latents import GaussianLatent, gaussian_kl
+from vaelab.models.vae import VAE, Centered, Demean, bernoulli_log_prob
 
 BACKWARDS = ("auto", "manual", "autograd")
 
@@ -131,8 +131,7 @@ class ReparamByHand:
         eps = torch.empty_like(mu).normal_()                              # as Normal.rsample draws it
         z = mu + eps * s                                                  # [B, D]
         logits = self.decoder.forward(z)                                  # [B, P]
-        rec = torch.einsum("bp,bp->b", x, logits) - nn.functional.softplus(logits).sum(-1)  # [B]
-        kl = 0.5 * (mu.square() + s.square() - 1.0 - 2.0 * s.log()).sum(-1)  # [B]
+        rec, kl = bernoulli_log_prob(x, logits), gaussian_kl(mu, s)        # [B] each, as the model's
         loss = (kl_weight * kl - rec).mean()                              # the loss line, as Reparam's
         dl = torch.sigmoid(logits).sub_(x).div_(B)                        # dloss/dlogits [B, P]
         dz = self.decoder.backward(dl, need_input_grad=True)              # [B, D]
