@@ -161,3 +161,19 @@ def test_a_run_saved_before_the_option_existed_resumes_with_autograd():
     assert config_from_yaml_text(text).train.backward == "auto"
     old = "\n".join(line for line in text.splitlines() if not line.strip().startswith("backward:"))
     assert old != text and config_from_yaml_text(old).train.backward == "autograd"
+
+
+def test_a_run_saved_before_the_option_existed_is_not_called_edited(tmp_path):
+    """Its config.yaml and its checkpoint's config both lack train.backward: both read as autograd, so opening it
+    says nothing about an edit (it used to say "train.backward 'autograd' -> 'auto'")."""
+    from vaelab.config.schema import config_from_yaml_text
+    from vaelab.runs.run_dir import RunDir
+
+    old = "\n".join(line for line in tiny_config().to_yaml().splitlines() if not line.strip().startswith("backward:"))
+    (tmp_path / "config.yaml").write_text(old)
+    run = RunDir(tmp_path)
+    assert run.config().train.backward == "autograd"
+    assert run.config_edit(config_from_yaml_text(old)) is None
+    edited = old.replace("lr: ", "lr: 0.5 # ", 1)
+    (tmp_path / "config.yaml").write_text(edited)
+    assert run.config_edit(config_from_yaml_text(old)).startswith("train.lr")

@@ -229,12 +229,24 @@ def data_label(source: str) -> str:
 
 
 def config_from_yaml_text(text: str, what: str = "config", fix: str = "fix it") -> Config:
-    """Rebuild (and validate) a Config saved with `Config.to_yaml` (used when loading a run). A run saved before
-    `train.backward` existed trained with autograd, and so resumes with it: bit for bit, as it would have."""
-    values = parse_yaml_mapping(text, what, fix)
+    """Rebuild (and validate) a Config saved with `Config.to_yaml` (a checkpoint's), as the run trained
+    (`as_trained`)."""
+    return validate(from_dict(Config, as_trained(parse_yaml_mapping(text, what, fix))))
+
+
+def load_run_config(path: str | Path) -> Config:
+    """A run directory's config.yaml (written by `train`), read as the run trained (`as_trained`), so that it
+    compares equal to its checkpoint's config."""
+    values = yaml_io.read_mapping(path, "fix it (UTF-8 YAML, readable)", f"config file {path}")
+    return validate(from_dict(Config, as_trained(values)))
+
+
+def as_trained(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config values (changed in place) with what it trained under made explicit: a run saved before
+    `train.backward` existed trained with autograd, and so resumes with it, bit for bit, as it would have."""
     if isinstance(values.get("train"), dict) and "backward" not in values["train"]:
         values["train"]["backward"] = "autograd"
-    return validate(from_dict(Config, values))
+    return values
 
 
 def validate(cfg: Config) -> Config:

@@ -232,9 +232,9 @@ class RunDir:
         """config.yaml through vaelab's one config loader (validated; a damaged file is one line naming it)."""
         if not self.config_path.is_file():
             raise VaelabError(f"no config.yaml in {self.path}: train it with `vaelab train CONFIG --out {self.path}`")
-        from vaelab.config.schema import load_config  # imports torch (the config's registries)
+        from vaelab.config.schema import load_run_config  # imports torch (the config's registries)
 
-        return load_config(self.config_path)
+        return load_run_config(self.config_path)
 
     def config_edit(self, saved: Config, ignore: Iterable[str] = ()) -> str | None:
         """What config.yaml changes against `saved` (the checkpoint's config), e.g. "train.lr 0.001 -> 0.01,
