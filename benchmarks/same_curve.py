@@ -1,11 +1,16 @@
-"""Does a run's training curve equal a committed `vaelab compare` curve, epoch by epoch, bit for bit?
+"""Does a run's training curve equal a committed one, epoch by epoch, bit for bit?
 
-    python benchmarks/same_curve.py RUN benchmarks/results/published/NAME/compare.json
+    python benchmarks/same_curve.py RUN REFERENCE
 
-For a one-run compare.json (one seed, so each curve's "mean" is that run's own value): prints, for each curve the
-run's metrics.jsonl shares, the largest |difference| over the run's epochs and how many are exactly equal. Exit 1
-if any differs, 2 (one line) on bad input. It is how RESULTS.md checks that a fresh run reproduces a run whose
-directory was lost.
+REFERENCE is a one-run `vaelab compare` compare.json (one seed, so each curve's "mean" is that run's own value), a
+run directory, or a `vaelab bundle` file (benchmarks/state/NAME.safetensors: an unfinished reproduction run, whose
+metrics.jsonl it carries). Prints, for each curve both hold, the largest |difference| over the epochs both have
+and how many are exactly equal (wall-clock seconds are not compared). Exit 1 if any differs, 2 (one line) on bad
+input. It is how RESULTS.md checks that a fresh run reproduces a run whose directory was lost, and how a reader
+checks the first epochs of a long run that is still going:
+
+    vaelab train configs/literature/iwae_vae_1layer.yaml --seed 0 --epochs 2 --out /tmp/iwae-s0
+    python benchmarks/same_curve.py /tmp/iwae-s0 benchmarks/state/iwae_vae_1layer-s0.safetensors
 """
 
 from __future__ import annotations
@@ -14,23 +19,43 @@ import json
 import sys
 from pathlib import Path
 
+NOT_COMPARED = ("epoch", "seconds")                   # the epoch is the key; seconds are the machine's
 
-def curve_differences(run: Path, compare_json: Path) -> dict[str, tuple[float, int, int]]:
-    """{curve: (max |run - committed|, epochs exactly equal, epochs compared)} over the run's epochs."""
-    settings = json.loads(compare_json.read_text())["settings"]
-    if len(settings) != 1:
-        raise ValueError(f"{compare_json}: {len(settings)} settings; give a one-run compare.json")
-    setting = settings[0]
-    if len(setting["seeds"]) != 1:
-        raise ValueError(f"{compare_json}: {len(setting['seeds'])} seeds; give a one-run compare.json")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+def curve_differences(run: Path, reference: Path) -> dict[str, tuple[float, int, int]]:
+    """{curve: (max |run - reference|, epochs exactly equal, epochs compared)} over the epochs both hold."""
+    committed = reference_curves(reference)
     out = {}
-    for key, curve in setting["curves"].items():
-        committed = dict(zip(curve["epoch"], curve["mean"], strict=True))
-        diffs = [abs(r[key] - committed[r["epoch"]]) for r in rows if key in r and r["epoch"] in committed]
+    for key, curve in metrics_curves((run / "metrics.jsonl").read_text()).items():
+        diffs = [abs(value - committed[key][epoch]) for epoch, value in curve.items()
+                 if epoch in committed.get(key, {})]
         if diffs:
             out[key] = (max(diffs), sum(d == 0 for d in diffs), len(diffs))
     return out
+
+
+def reference_curves(reference: Path) -> dict[str, dict[int, float]]:
+    """{curve: {epoch: value}} of a one-run compare.json, a run directory or a `vaelab bundle` file."""
+    if reference.is_dir():
+        return metrics_curves((reference / "metrics.jsonl").read_text())
+    if reference.suffix == ".safetensors":
+        from vaelab.runs.bundle import read_bundle  # checks the bundle's digest; a bad one is one VaelabError
+
+        return metrics_curves(read_bundle(reference)[3]["metrics.jsonl"])
+    settings = json.loads(reference.read_text())["settings"]
+    if len(settings) != 1:
+        raise ValueError(f"{reference}: {len(settings)} settings; give a one-run compare.json")
+    setting = settings[0]
+    if len(setting["seeds"]) != 1:
+        raise ValueError(f"{reference}: {len(setting['seeds'])} seeds; give a one-run compare.json")
+    return {key: dict(zip(curve["epoch"], curve["mean"], strict=True)) for key, curve in setting["curves"].items()}
+
+
+def metrics_curves(text: str) -> dict[str, dict[int, float]]:
+    """{curve: {epoch: value}} of a metrics.jsonl's numeric fields."""
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    keys = {k for r in rows for k, v in r.items() if isinstance(v, float | int) and k not in NOT_COMPARED}
+    return {k: {r["epoch"]: r[k] for r in rows if k in r} for k in sorted(keys)}
 
 
 def fail(message: str) -> None:
@@ -41,13 +66,15 @@ def fail(message: str) -> None:
 
 def main() -> None:
     if len(sys.argv) != 3:
-        fail("usage: python benchmarks/same_curve.py RUN COMPARE_JSON")
+        fail("usage: python benchmarks/same_curve.py RUN REFERENCE (a one-run compare.json, run directory or bundle)")
+    from vaelab.core.errors import VaelabError
+
     try:
         diffs = curve_differences(Path(sys.argv[1]), Path(sys.argv[2]))
-    except ValueError as e:                           # bad JSON, or not a one-run comparison
+    except (ValueError, VaelabError) as e:            # bad JSON, not a one-run comparison, a damaged bundle
         fail(str(e))
     except (OSError, KeyError) as e:                  # a missing file, or a compare.json without settings/curves
-        fail(f"cannot read {e}; give a run directory and a one-run compare.json")
+        fail(f"cannot read {e}; give a run directory and a one-run compare.json, run directory or bundle")
     for key, (worst, equal, n) in diffs.items():
         print(f"{key:12s} {equal}/{n} epochs equal, max |diff| {worst:.3g}")
     sys.exit(0 if diffs and all(equal == n for _, equal, n in diffs.values()) else 1)

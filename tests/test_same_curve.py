@@ -1,4 +1,5 @@
-"""benchmarks/same_curve.py: a run's curve against a committed one-run compare.json, bit for bit."""
+"""benchmarks/same_curve.py: a run's curve against a committed one (a one-run compare.json, a run directory or a
+bundle), bit for bit."""
 
 from __future__ import annotations
 
@@ -50,3 +51,27 @@ def test_a_several_seed_compare_is_refused(tmp_path):
     assert refused.returncode == 2 and "2 seeds; give a one-run compare.json" in refused.stderr
     missing = same_curve(tmp_path / "s0", tmp_path / "nowhere.json")
     assert missing.returncode == 2 and "nowhere.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+TINY = ["gaussian_vae", "--data", "digits", "--quiet", "--device", "cpu", "--set", "model.hidden=[16]",
+        "--set", "model.latent_dim=4", "--set", "train.batch_size=32", "--set", "train.steps_per_epoch=4"]
+
+
+def test_a_short_rerun_equals_a_longer_runs_first_epochs_in_its_directory_and_its_bundle(tmp_path, cli):
+    """The reader's check of a long run still going: a 2-epoch rerun against the 3-epoch run's directory and its
+    `vaelab bundle` (the epochs both hold); another seed differs (exit 1); a damaged bundle is one line, exit 2."""
+    for name, epochs, seed in (("long", 3, 0), ("short", 2, 0), ("other", 2, 1)):
+        code, _, err = cli("train", *TINY, "--epochs", epochs, "--seed", seed, "--out", tmp_path / name)
+        assert code == 0, err
+    assert cli("bundle", tmp_path / "long", "--out", tmp_path / "long.safetensors")[0] == 0
+    for reference in (tmp_path / "long", tmp_path / "long.safetensors"):
+        ok = same_curve(tmp_path / "short", reference)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "train_elbo   2/2 epochs equal, max |diff| 0" in ok.stdout and "seconds" not in ok.stdout
+        off = same_curve(tmp_path / "other", reference)
+        assert off.returncode == 1 and "train_elbo   0/2 epochs equal" in off.stdout, off.stdout
+    data = bytearray((tmp_path / "long.safetensors").read_bytes())
+    data[-5] ^= 0xFF                                        # a flipped byte in the last tensor
+    (tmp_path / "bad.safetensors").write_bytes(bytes(data))
+    bad = same_curve(tmp_path / "short", tmp_path / "bad.safetensors")
+    assert bad.returncode == 2 and "bad.safetensors" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
