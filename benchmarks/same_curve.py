@@ -26,7 +26,7 @@ def curve_differences(run: Path, reference: Path) -> dict[str, tuple[float, int,
     """{curve: (max |run - reference|, epochs exactly equal, epochs compared)} over the epochs both hold."""
     committed = reference_curves(reference)
     out = {}
-    for key, curve in metrics_curves((run / "metrics.jsonl").read_text()).items():
+    for key, curve in metrics_curves(read_rows(run / "metrics.jsonl")).items():
         diffs = [abs(value - committed[key][epoch]) for epoch, value in curve.items()
                  if epoch in committed.get(key, {})]
         if diffs:
@@ -37,11 +37,11 @@ def curve_differences(run: Path, reference: Path) -> dict[str, tuple[float, int,
 def reference_curves(reference: Path) -> dict[str, dict[int, float]]:
     """{curve: {epoch: value}} of a one-run compare.json, a run directory or a `vaelab bundle` file."""
     if reference.is_dir():
-        return metrics_curves((reference / "metrics.jsonl").read_text())
+        return metrics_curves(read_rows(reference / "metrics.jsonl"))
     if reference.suffix == ".safetensors":
         from vaelab.runs.bundle import read_bundle  # checks the bundle's digest; a bad one is one VaelabError
 
-        return metrics_curves(read_bundle(reference)[3]["metrics.jsonl"])
+        return metrics_curves(read_bundle(reference)[2]["history"])    # its metrics.jsonl, already parsed
     settings = json.loads(reference.read_text())["settings"]
     if len(settings) != 1:
         raise ValueError(f"{reference}: {len(settings)} settings; give a one-run compare.json")
@@ -51,9 +51,13 @@ def reference_curves(reference: Path) -> dict[str, dict[int, float]]:
     return {key: dict(zip(curve["epoch"], curve["mean"], strict=True)) for key, curve in setting["curves"].items()}
 
 
-def metrics_curves(text: str) -> dict[str, dict[int, float]]:
-    """{curve: {epoch: value}} of a metrics.jsonl's numeric fields."""
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+def read_rows(path: Path) -> list[dict]:
+    """A metrics.jsonl's rows."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def metrics_curves(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """{curve: {epoch: value}} of metrics.jsonl rows' numeric fields."""
     keys = {k for r in rows for k, v in r.items() if isinstance(v, float | int) and k not in NOT_COMPARED}
     return {k: {r["epoch"]: r[k] for r in rows if k in r} for k in sorted(keys)}
 

@@ -231,14 +231,14 @@ def data_label(source: str) -> str:
 def config_from_yaml_text(text: str, what: str = "config", fix: str = "fix it") -> Config:
     """Rebuild (and validate) a Config saved with `Config.to_yaml` (a checkpoint's), as the run trained
     (`as_trained`)."""
-    return validate(from_dict(Config, as_trained(parse_yaml_mapping(text, what, fix))))
+    return config_from_values(as_trained(parse_yaml_mapping(text, what, fix)))
 
 
 def load_run_config(path: str | Path) -> Config:
     """A run directory's config.yaml (written by `train`), read as the run trained (`as_trained`), so that it
     compares equal to its checkpoint's config."""
     values = yaml_io.read_mapping(path, "fix it (UTF-8 YAML, readable)", f"config file {path}")
-    return validate(from_dict(Config, as_trained(values)))
+    return config_from_values(as_trained(values))
 
 
 def as_trained(values: dict[str, Any]) -> dict[str, Any]:

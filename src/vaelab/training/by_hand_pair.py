@@ -106,7 +106,7 @@ class AntitheticPairByHand:
         f = f - kl_weight * ratio[:2]                                      # [2, B] elbo_signal
         g = self.estimator.logit_gradient(f, b, u, logits)                 # [B, D]
         z_logits = self.decoder.forward(z)                                 # [B, P], activations kept
-        rec = bernoulli_log_prob(x, z_logits)                                  # [B]
+        rec = bernoulli_log_prob(x, z_logits)                              # [B]
         kl = ratio[2]                                                      # [B] log q(z|x) - log p(z)
         loss = (kl_weight * kl - rec).mean()                               # the surrogate's part is 0 in value
         self.decoder.backward(torch.sigmoid(z_logits).sub_(x).div_(B), need_input_grad=False)
