@@ -18,12 +18,15 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaelab.cli import study as cli_study
 from vaelab.cli.args import IMAGE_EXTENSIONS, SAMPLE_N_MAX, Parser, add_quiet, check_seed, given
 from vaelab.config import names
 from vaelab.core.errors import Stopped, VaelabError
+
+if TYPE_CHECKING:
+    from vaelab.config.schema import Config
 
 # `vaelab sweep`, `compare` and `stack` are declared in the experiments modules (add_orchestration): `parser()` loads
 # them only when one of them is the command, and else these one-line stand-ins for `vaelab --help`
@@ -63,18 +66,32 @@ def absolute_data_path(data: str) -> str:
     return str(path.resolve()) if ("/" in data or "." in data) and path.exists() else data
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from vaelab.config.schema import load_config
-    from vaelab.runtime.distributed import is_main_process
-    from vaelab.training.trainer import train
-
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """`vaelab train`'s arguments as config overrides: the `--set` ones, then --data, --epochs, --seed, --device,
+    --estimator and --compile."""
     overrides = list(args.set)
     overrides += [f"data.source={absolute_data_path(args.data)}"] if args.data else []
     overrides += [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     overrides += [f"train.seed={args.seed}"] if args.seed is not None else []
     overrides += [f"train.device={args.device}"] if args.device else []
     overrides += [f"estimator.name={args.estimator}"] if args.estimator else []
-    overrides += ["train.compile=true", f"train.compile_mode={args.compile}"] if args.compile else []
+    return overrides + (["train.compile=true", f"train.compile_mode={args.compile}"] if args.compile else [])
+
+
+def train_config(args: argparse.Namespace) -> Config:
+    """The config `vaelab train CONFIG ...` trains (benchmarks/published_runs.py's jobs are checked through this)."""
+    from vaelab.config.schema import load_config
+
+    cfg = load_config(args.config, train_overrides(args), named=True)   # named by what the overrides change
+    cfg.plugins += [m for m in getattr(args, "imports", []) if m not in cfg.plugins]   # --import: the run needs it
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vaelab.runtime.distributed import is_main_process
+    from vaelab.training.trainer import train
+
+    overrides = train_overrides(args)
     if args.resume:
         extra = [o for o in overrides if not o.startswith("train.epochs=")]
         if args.config or extra:
@@ -84,8 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     if not args.config:
         raise VaelabError("give a CONFIG file (e.g. configs/gaussian_vae.yaml) or --resume RUN_DIR")
-    cfg = load_config(args.config, overrides, named=True)   # name and description say what the overrides change
-    cfg.plugins += [m for m in getattr(args, "imports", []) if m not in cfg.plugins]   # --import: the run needs it
+    cfg = train_config(args)
     out = Path(args.out or f"runs/{cfg.name}")
     train(cfg, out, quiet=args.quiet)
     if is_main_process():   # under torchrun only rank 0 speaks
