@@ -14,8 +14,9 @@ selected jobs with a checkpoint) as one resumable bundle, benchmarks/state/NAME.
 weights, optimizer, RNG, metrics.jsonl, config), removes the bundles of finished runs, and keeps each finished run's
 final state and per-seed files in benchmarks/results/published/seeds/NAME/ (config.yaml, metrics.jsonl,
 eval.json, eval-kK.json, run.safetensors: `vaelab unbundle run.safetensors --out RUN`, then `vaelab evaluate
-RUN`). A job whose run directory is missing starts from its bundle (`vaelab unbundle`), so on a fresh checkout the
-same command continues every run where it stopped:
+RUN`). A job whose run directory is missing starts from its bundle (`vaelab unbundle`), and a 10^6-step one with
+neither continues its seed's finished 10^5-step run (that run's directory, or else its final bundle in seeds/), so
+on a fresh checkout the same command continues every run where it stopped:
     python benchmarks/published_runs.py --workers 2 [--only PATTERN]
 """
 
@@ -95,6 +96,23 @@ def train_argv(job: tuple, run: Path) -> list[str]:
     return ["train", preset, "--seed", str(seed), "--epochs", str(epochs), "--out", str(run), *extra]
 
 
+def carried_over(name: str, run: Path) -> Path | None:
+    """Where a job with no run directory yet starts, when not at step 0: the bundle to unbundle into `run`, its own in
+    STATE (an unfinished run carried over from another session or machine) first. A 1M-step run continues its seed's
+    finished 100k-step run: that run's directory, copied into `run` here (None is returned), or else its final
+    bundle committed in SEEDS. Without either it starts at step 0, to the same numbers."""
+    own, shorter = STATE / f"{name}.safetensors", name.removesuffix("-1M")
+    if run.exists() or own.is_file():
+        return None if run.exists() else own
+    if shorter == name:
+        return None
+    if (OUT / shorter / "eval.json").is_file():
+        shutil.copytree(OUT / shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
+        return None
+    final = SEEDS / shorter / "run.safetensors"
+    return final if final.is_file() else None
+
+
 def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
     name, preset, epochs, seed, extra = job
     run = OUT / name
@@ -103,13 +121,9 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
         print(f"{time.strftime('%H:%M:%S')} {name}: vaelab reproduce", flush=True)
         cmd = ["reproduce", "--out", str(run), "--set", f"train.seed={seed}", *extra]
         return f"{name}: " + (f"failed, see {log.name}" if vaelab(cmd, log, env) else "done")
-    # a 1M-step run continues its seed's finished 100k-step run; without one it starts at step 0, to the same numbers
-    shorter = OUT / name.replace("-1M", "")
-    if name.endswith("-1M") and not run.exists() and (shorter / "eval.json").is_file():
-        shutil.copytree(shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
-    bundle = STATE / f"{name}.safetensors"
-    if not run.exists() and bundle.is_file():          # a run carried over from another session or machine
-        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab unbundle {bundle.name}", flush=True)
+    bundle = carried_over(name, run)
+    if bundle is not None:
+        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab unbundle {bundle.relative_to(ROOT)}", flush=True)
         if vaelab(["unbundle", str(bundle), "--out", str(run)], log, env):
             return f"{name}: unbundling failed, see {log.name}"
     done = epochs_done(run)

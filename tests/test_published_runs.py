@@ -55,3 +55,32 @@ def test_a_row_trained_before_the_hand_written_step_is_told_apart():
     without = job_config((name, preset, epochs, seed, []))
     assert without != committed and without["train"]["backward"] == "auto"
     assert committed["train"]["backward"] == "autograd"
+
+
+def test_where_a_job_without_a_run_directory_starts(tmp_path, monkeypatch):
+    """Its own bundle first; a 1M-step run then its seed's finished 100k-step run, the directory (copied, without its
+    eval.json and tb/) before the committed final bundle; else step 0 (None)."""
+    out, state, seeds = (tmp_path / d for d in ("runs", "state", "seeds"))
+    for attr, path in (("OUT", out), ("STATE", state), ("SEEDS", seeds)):
+        monkeypatch.setattr(published_runs, attr, path)
+    start = published_runs.carried_over
+    assert start("a-s0", out / "a-s0") is None and start("a-s0-1M", out / "a-s0-1M") is None
+
+    (seeds / "a-s0").mkdir(parents=True)
+    (seeds / "a-s0" / "run.safetensors").write_bytes(b"final")
+    assert start("a-s0-1M", out / "a-s0-1M") == seeds / "a-s0" / "run.safetensors"
+    assert start("a-s0", out / "a-s0") is None                       # a 100k run never continues its own final state
+
+    (out / "a-s0" / "tb").mkdir(parents=True)
+    for f in ("metrics.jsonl", "eval.json"):
+        (out / "a-s0" / f).write_text(f)
+    assert start("a-s0-1M", out / "a-s0-1M") is None                  # copied instead
+    assert sorted(p.name for p in (out / "a-s0-1M").iterdir()) == ["metrics.jsonl"]
+
+    state.mkdir()
+    (state / "b-s0-1M.safetensors").write_bytes(b"carried")
+    (out / "b-s0" / "tb").mkdir(parents=True)
+    (out / "b-s0" / "eval.json").write_text("{}")
+    assert start("b-s0-1M", out / "b-s0-1M") == state / "b-s0-1M.safetensors"   # its own progress before the 100k
+    assert not (out / "b-s0-1M").exists()
+    assert start("a-s0-1M", out / "a-s0-1M") is None                  # a directory there: resumed as it is
