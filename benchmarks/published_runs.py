@@ -123,7 +123,7 @@ def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
         return f"{name}: " + (f"failed, see {log.name}" if vaelab(cmd, log, env) else "done")
     bundle = carried_over(name, run)
     if bundle is not None:
-        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab unbundle {bundle.relative_to(ROOT)}", flush=True)
+        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab unbundle {bundle}", flush=True)
         if vaelab(["unbundle", str(bundle), "--out", str(run)], log, env):
             return f"{name}: unbundling failed, see {log.name}"
     done = epochs_done(run)
