@@ -113,30 +113,38 @@ def carried_over(name: str, run: Path) -> Path | None:
     return final if final.is_file() else None
 
 
+def say(line: str) -> None:
+    """One timestamped line on stdout in one write (the workers are threads: print's text and newline can part)."""
+    sys.stdout.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+    sys.stdout.flush()
+
+
 def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
     name, preset, epochs, seed, extra = job
+    if CHILDREN.signum is not None:     # the queue was stopped before this job's turn: touch nothing
+        raise RunStopped(f"not started: the queue was stopped by {signal.Signals(CHILDREN.signum).name}")
     run = OUT / name
     log = open(OUT / f"{name}.log", "a")
     if preset == "reproduce":                           # resumable by itself: finished stages are skipped
-        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab reproduce", flush=True)
+        say(f"{name}: vaelab reproduce")
         cmd = ["reproduce", "--out", str(run), "--set", f"train.seed={seed}", *extra]
         return f"{name}: " + (f"failed, see {log.name}" if vaelab(cmd, log, env) else "done")
     bundle = carried_over(name, run)
     if bundle is not None:
-        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab unbundle {bundle}", flush=True)
+        say(f"{name}: vaelab unbundle {bundle}")
         if vaelab(["unbundle", str(bundle), "--out", str(run)], log, env):
             return f"{name}: unbundling failed, see {log.name}"
     done = epochs_done(run)
     if done < epochs:
         has_checkpoint = (run / "checkpoint").is_dir() or (run / "checkpoint.old").is_dir()
         cmd = ["train", "--resume", str(run), "--epochs", str(epochs)] if has_checkpoint else train_argv(job, run)
-        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab {' '.join(cmd)}", flush=True)
+        say(f"{name}: vaelab {' '.join(cmd)}")
         if vaelab([*cmd, "--quiet"], log, env):
             return f"{name}: training failed, see {log.name}"
     if not evaluate:
         return f"{name}: trained ({epochs_done(run)} epochs), not evaluated"
     if not finished(run, epochs):
-        print(f"{time.strftime('%H:%M:%S')} {name}: vaelab evaluate", flush=True)
+        say(f"{name}: vaelab evaluate")
         if vaelab(["evaluate", str(run), "--quiet"], log, env):
             return f"{name}: evaluation failed, see {log.name}"
     return f"{name}: done ({epochs_done(run)} epochs)"
@@ -189,7 +197,7 @@ def main() -> None:
         return save_state(jobs, env)
     with forwarding_stops() as children, ThreadPoolExecutor(args.workers) as pool:
         for result in pool.map(lambda j: run_stoppable(j, env, not args.no_eval), jobs):
-            print(f"{time.strftime('%H:%M:%S')} {result}", flush=True)
+            say(result)
     if children.signum is not None:     # each stopped run checkpointed: the same command resumes
         sys.exit(128 + children.signum)
 

@@ -84,3 +84,17 @@ def test_where_a_job_without_a_run_directory_starts(tmp_path, monkeypatch):
     assert start("b-s0-1M", out / "b-s0-1M") == state / "b-s0-1M.safetensors"   # its own progress before the 100k
     assert not (out / "b-s0-1M").exists()
     assert start("a-s0-1M", out / "a-s0-1M") is None                  # a directory there: resumed as it is
+
+
+def test_a_stopped_queue_touches_no_job_it_had_not_started(tmp_path, monkeypatch, capsys):
+    """After SIGTERM reached the queue, a job whose turn comes (a worker freed by a stopped run) is reported not
+    started: no log, no run directory, no bundle unpacked, no start line."""
+    import signal
+
+    from vaelab.experiments.sweep_run import CHILDREN
+
+    monkeypatch.setattr(published_runs, "OUT", tmp_path)
+    monkeypatch.setattr(CHILDREN, "signum", signal.SIGTERM)
+    job = ("x-s0", "configs/literature/iwae_vae_1layer.yaml", 3, 0, [])
+    assert published_runs.run_stoppable(job, {}, True) == "x-s0: not started: the queue was stopped by SIGTERM"
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""

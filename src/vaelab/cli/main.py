@@ -91,9 +91,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from vaelab.runtime.distributed import is_main_process
     from vaelab.training.trainer import train
 
-    overrides = train_overrides(args)
     if args.resume:
-        extra = [o for o in overrides if not o.startswith("train.epochs=")]
+        extra = [o for o in train_overrides(args) if not o.startswith("train.epochs=")]
         if args.config or extra:
             raise VaelabError("--resume takes the run's own config (only --epochs may change, to extend it): "
                               "drop CONFIG and the overrides")

@@ -139,7 +139,6 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
     beta, lr_at = kl_schedule(t.kl_weight, steps), lr_schedule(t.lr_schedule)   # validated before any training
     hardware.check_options(t.compile, t.autocast, device, t.compile_mode)
     cudagraph.check(t.cuda_graph, t.compile_mode, ctx.distributed)
-    hand_written(t, model, estimator, ctx)            # refuses train.backward=manual before the run directory exists
     named = {f"model.{k}": p for k, p in model.named_parameters()} | {
         f"estimator.{k}": p for k, p in estimator.named_parameters()}
     optim = build_optimizers(named, t.lr, t.adam_eps, t.param_groups, device,
@@ -148,9 +147,9 @@ def _train(cfg: Config, run_dir: Path, ctx: distributed.Context, tensors: dict |
     if tensors is not None:
         ts.restore(tensors, state, run_dir)
     ts.provenance = start_provenance(cfg, run_dir, state.get("provenance") if tensors is not None else None)
-    if ctx.is_main:
+    step = make_step(cfg, model, estimator, optim, ctx, data.x_valid[:8], steps)   # refuses an impossible
+    if ctx.is_main:                                                  # train.backward=manual before the run dir exists
         open_run_dir()
-    step = make_step(cfg, model, estimator, optim, ctx, data.x_valid[:8], steps)
     sink = MemorySink(ts.history) if not ctx.is_main else MetricsSink(
         run_dir, ts.history, hparams=cfg.to_dict(), done_steps=ts.steps_done, log_every=t.log_every,
         grad_stats=bool(t.grad_stats_every))
