@@ -102,10 +102,12 @@ def carried_over(name: str, run: Path) -> Path | None:
     finished 100k-step run: that run's directory, copied into `run` here (None is returned), or else its final
     bundle committed in SEEDS. Without either it starts at step 0, to the same numbers."""
     own, shorter = STATE / f"{name}.safetensors", name.removesuffix("-1M")
-    if run.exists() or own.is_file():
-        return None if run.exists() else own
+    if run.exists():
+        return None                                     # resumed as it is
+    if own.is_file():
+        return own
     if shorter == name:
-        return None
+        return None                                     # not a 1M-step run: step 0
     if (OUT / shorter / "eval.json").is_file():
         shutil.copytree(OUT / shorter, run, ignore=shutil.ignore_patterns("eval.json", "tb"))
         return None
