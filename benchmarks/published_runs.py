@@ -123,8 +123,7 @@ def say(line: str) -> None:
 
 def run_job(job: tuple, env: dict[str, str], evaluate: bool = True) -> str:
     name, preset, epochs, seed, extra = job
-    if CHILDREN.signum is not None:     # the queue was stopped before this job's turn: touch nothing
-        raise RunStopped(f"not started: the queue was stopped by {signal.Signals(CHILDREN.signum).name}")
+    CHILDREN.check_not_stopped()        # the queue was stopped before this job's turn: touch nothing
     run = OUT / name
     log = open(OUT / f"{name}.log", "a")
     if preset == "reproduce":                           # resumable by itself: finished stages are skipped

@@ -96,5 +96,5 @@ def test_a_stopped_queue_touches_no_job_it_had_not_started(tmp_path, monkeypatch
     monkeypatch.setattr(published_runs, "OUT", tmp_path)
     monkeypatch.setattr(CHILDREN, "signum", signal.SIGTERM)
     job = ("x-s0", "configs/literature/iwae_vae_1layer.yaml", 3, 0, [])
-    assert published_runs.run_stoppable(job, {}, True) == "x-s0: not started: the queue was stopped by SIGTERM"
+    assert published_runs.run_stoppable(job, {}, True) == "x-s0: not started: the sweep was stopped by SIGTERM"
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""

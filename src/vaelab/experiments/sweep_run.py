@@ -73,11 +73,16 @@ class _Children:
         self.lock = threading.RLock()          # re-entrant: the handler runs in the main thread, which may hold it
         self.signum: int | None = None
 
-    def run(self, cmd: list[str], **kwargs: Any) -> int:
-        """subprocess.run(cmd).returncode, the process registered while it runs; RunStopped once stopping."""
+    def check_not_stopped(self) -> None:
+        """RunStopped if a stop was asked: the caller starts nothing more (the one "not started" check)."""
         with self.lock:
             if self.signum is not None:
                 raise RunStopped(f"not started: the sweep was stopped by {signal.Signals(self.signum).name}")
+
+    def run(self, cmd: list[str], **kwargs: Any) -> int:
+        """subprocess.run(cmd).returncode, the process registered while it runs; RunStopped once stopping."""
+        with self.lock:
+            self.check_not_stopped()
             proc = subprocess.Popen(cmd, **kwargs)
             self.live.add(proc)
         try:
