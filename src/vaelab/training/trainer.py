@@ -50,7 +50,7 @@ from vaelab.training.epoch import (  # noqa: F401  (re-exported: benchmarks and 
     steps_per_epoch,
     train_epoch,
 )
-from vaelab.training.step import Objective, Step, hand_written, make_step  # noqa: F401  (re-exported, as above)
+from vaelab.training.step import Objective, Step, make_step  # noqa: F401  (re-exported, as above)
 
 
 @dataclass
